@@ -1,0 +1,1 @@
+"""The machinery every strategy shares: types, registry, decode loop, KV cache, masks, backend."""

@@ -1,0 +1,152 @@
+"""The model backend: the only module that imports transformers or knows its objects' insides.
+
+It drives a HuggingFace causal LM through its public forward (input_ids, position_ids, a 4-D
+additive attention mask, the cache) and reads logits. Differences between transformers 5.x releases
+live here and nowhere else:
+- the cache keyword: `cache=` in recent releases, `past_key_values=` in earlier ones;
+- `Cache.crop`: recent releases take a negative count of tokens to remove, earlier ones the length to keep.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import attrs
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from decodekit.errors import InputError, ModelNotSupportedError
+
+_MASKABLE_ATTENTION = ("eager", "sdpa")
+
+
+def _forward_parameters(model: Any) -> set[str]:
+    return set(inspect.signature(model.forward).parameters)
+
+
+def _crop_takes_removal_count() -> bool:
+    return "tokens_to_remove" in inspect.signature(DynamicCache.crop).parameters
+
+
+_CROP_NEGATIVE = _crop_takes_removal_count()
+
+
+@attrs.define(eq=False)
+class HFBackend:
+    """A HuggingFace causal LM seen as "tokens in, logits out, cache updated"."""
+
+    model: PreTrainedModel
+    cache_keyword: str
+    max_positions: int | None
+    sliding_window: int | None
+    vocab_size: int
+
+    @classmethod
+    def for_model(cls, model: Any, role: str = "model") -> "HFBackend":
+        """Check that `model` can be driven with a cache and a 4-D mask; raise before any forward if not."""
+        if not isinstance(model, PreTrainedModel) or not callable(getattr(model, "forward", None)):
+            raise ModelNotSupportedError(
+                f"{role} must be a transformers PreTrainedModel with a causal-LM head, got {type(model).__name__}"
+            )
+        config = model.config
+        if getattr(config, "is_encoder_decoder", False):
+            raise ModelNotSupportedError(f"{role} is an encoder-decoder model; decodekit decodes causal LMs only")
+        params = _forward_parameters(model)
+        keyword = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+        if keyword is None:
+            raise ModelNotSupportedError(
+                f"{role}.forward of {type(model).__name__} takes no cache (neither `cache` nor `past_key_values`)"
+            )
+        for needed in ("attention_mask", "position_ids"):
+            if needed not in params:
+                raise ModelNotSupportedError(f"{role}.forward of {type(model).__name__} takes no `{needed}`")
+        attention = getattr(config, "_attn_implementation", None) or "eager"
+        if attention not in _MASKABLE_ATTENTION:
+            raise ModelNotSupportedError(
+                f"{role} uses attn_implementation={attention!r}, which cannot take a custom 4-D mask; "
+                f"load it with attn_implementation='sdpa' or 'eager'"
+            )
+        text = config.get_text_config(decoder=True)
+        max_positions = getattr(text, "max_position_embeddings", None)
+        window = getattr(text, "sliding_window", None)
+        layer_types = getattr(text, "layer_types", None) or ()
+        if window is not None and layer_types and "sliding_attention" not in layer_types:
+            window = None
+        vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else text.vocab_size
+        return cls(model=model, cache_keyword=keyword, max_positions=max_positions,
+                   sliding_window=window, vocab_size=int(vocab))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def check_length(self, total: int, what: str) -> None:
+        """Refuse a request whose sequence would outgrow what the model can attend over exactly."""
+        if self.max_positions is not None and total > self.max_positions:
+            raise InputError(
+                f"{what} = {total} exceeds the model's max_position_embeddings ({self.max_positions}); "
+                f"shorten the prompt or lower max_new_tokens"
+            )
+        if self.sliding_window is not None and total > self.sliding_window:
+            raise InputError(
+                f"{what} = {total} exceeds the model's sliding_window ({self.sliding_window}); decodekit's masks "
+                f"are exact only within the window, so shorten the prompt or lower max_new_tokens"
+            )
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache()
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: DynamicCache,
+                mask: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+        """Run T new tokens after what `cache` holds; the cache grows by T.
+
+        input_ids, positions: (T,). mask: (1, 1, T, cached + T) additive, or None for plain causal
+        attention (the model's own causal mask: the same kernels as model.generate).
+        logits_to_keep: 0 for every position's logits, k for the last k.
+        Returns logits (T or k, V).
+        """
+        kwargs = {self.cache_keyword: cache}
+        out = self.model(
+            input_ids=input_ids[None].to(self.device),  # (1, T)
+            position_ids=positions[None].to(self.device),  # (1, T)
+            attention_mask=mask,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        return out.logits[0]  # (T, V)
+
+    # -- the cache (used by the KV-cache manager only) -----------------------------------------
+
+    @staticmethod
+    def cache_length(cache: DynamicCache) -> int:
+        return int(cache.get_seq_length())
+
+    @staticmethod
+    def crop_cache(cache: DynamicCache, length: int) -> None:
+        """Keep the first `length` positions."""
+        current = int(cache.get_seq_length())
+        if length >= current:
+            return
+        cache.crop(length - current if _CROP_NEGATIVE else length)
+
+    @staticmethod
+    def compact_cache(cache: DynamicCache, start: int, keep: Sequence[int]) -> None:
+        """Of the positions from `start` on, keep those at offsets `keep` (increasing), moved to start, start+1, ..."""
+        index = torch.as_tensor(keep, dtype=torch.long) + start  # (K,)
+        for layer in cache.layers:
+            if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+                continue
+            idx = index.to(layer.keys.device)
+            end = start + idx.shape[0]
+            # offsets are increasing and >= their destination, so gathering first then writing is safe
+            layer.keys[:, :, start:end] = layer.keys.index_select(2, idx)  # (B, H, K, D)
+            layer.values[:, :, start:end] = layer.values.index_select(2, idx)  # (B, H, K, D)
+        HFBackend.crop_cache(cache, start + index.shape[0])

@@ -1,0 +1,104 @@
+"""The abstract Decoder interface and the per-call decoding state every strategy works on."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, Sequence
+
+import attrs
+import torch
+
+from decodekit.core.backend import HFBackend
+from decodekit.core.kvcache import KVCacheManager
+from decodekit.core.masks import StepLayout, additive_mask, position_ids
+from decodekit.core.types import Capabilities
+
+
+@attrs.frozen(kw_only=True)
+class NoParams:
+    """The parameter class of a strategy that takes none."""
+
+
+@attrs.define(eq=False)
+class DecodeState:
+    """Everything one sequence's decode needs; built fresh by each generate() call.
+
+    Invariant between steps: `kv` holds every committed token but the last one (the *pending*
+    token, whose keys and values the next forward computes). `tokens` is prompt + generated.
+    """
+
+    backend: HFBackend
+    kv: KVCacheManager
+    tokens: list[int]
+    prompt_length: int
+    max_new_tokens: int
+    eos_ids: frozenset[int]
+    sampler: Any = None  # decodekit.core.sampling.Sampler when do_sample=True, else None (greedy)
+    draft: HFBackend | None = None
+    forwards: int = 0
+    tokens_computed: int = 0
+
+    @property
+    def pending(self) -> int:
+        """The last committed token: not yet in the cache, first input of the next forward."""
+        return self.tokens[-1]
+
+    @property
+    def remaining(self) -> int:
+        """How many more tokens may still be committed."""
+        return self.max_new_tokens - (len(self.tokens) - self.prompt_length)
+
+    def forward(self, input_ids: Sequence[int] | torch.Tensor, layout: StepLayout | None = None,
+                logits_to_keep: int = 0) -> torch.Tensor:
+        """One forward of the target model over new tokens placed after the cache.
+
+        layout None: a plain causal chain (the model's own mask). Otherwise the step's who-sees-whom
+        structure, turned into an additive 4-D mask and position ids by the mask builder.
+        Returns logits (T, V) (or the last `logits_to_keep` rows); the cache grows by T.
+        """
+        ids = torch.as_tensor(input_ids, dtype=torch.long)  # (T,)
+        start = self.kv.length
+        if layout is None:
+            positions = torch.arange(start, start + ids.shape[0])  # (T,)
+            mask = None
+        else:
+            positions = position_ids(layout, start)  # (T,)
+            mask = additive_mask(layout, start, self.backend.dtype, self.backend.device)  # (1, 1, T, S)
+        self.forwards += 1
+        if self.forwards > 1:  # the prefill is not part of a step's cost
+            self.tokens_computed += int(ids.shape[0])
+        return self.backend.forward(ids, positions, self.kv.cache, mask, logits_to_keep)
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """The token the model emits after each row of logits (V,) or (T, V): argmax, or a sample."""
+        if self.sampler is None:
+            return logits.argmax(dim=-1)  # (T,) or ()
+        return self.sampler.sample(logits)
+
+
+class Decoder(abc.ABC):
+    """A decoding strategy: decides what goes through the model in one forward and what is kept.
+
+    Subclasses set `name`, `capabilities` and `Params` (a frozen attrs class of validated
+    parameters) and implement `step`. A fresh instance is built for every generate() call.
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    Params: ClassVar[type] = NoParams
+    description: ClassVar[str] = ""
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    def start(self, state: DecodeState) -> None:
+        """Called once after the prefill (the prompt is cached, its next token committed)."""
+
+    @abc.abstractmethod
+    def step(self, state: DecodeState) -> Sequence[int]:
+        """One decoding step: propose, forward once, verify, commit.
+
+        Returns the tokens committed by this step (at least one), in order. On return `state.kv`
+        must hold every committed token but the last, the step's tokens included; the loop appends
+        the tokens to `state.tokens` and cuts them at eos or max_new_tokens.
+        """

@@ -1,0 +1,83 @@
+"""Value types of the public contract: capabilities, statistics and the generation result."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Mapping
+
+import attrs
+import torch
+
+
+@attrs.frozen(kw_only=True)
+class Capabilities:
+    """What a strategy can do, declared as data rather than discovered by trying.
+
+    exact: with do_sample=False its output equals greedy decoding token for token.
+    supports_sampling: it accepts do_sample=True and preserves the model's distribution.
+    needs_draft_model: generate() must be given draft_model=.
+    """
+
+    exact: bool
+    supports_sampling: bool = False
+    needs_draft_model: bool = False
+
+
+def _frozen_histogram(value: Mapping[int, int]) -> Mapping[int, int]:
+    return MappingProxyType(dict(sorted(value.items())))
+
+
+@attrs.frozen(kw_only=True)
+class GenerationStats:
+    """What one generate() call cost and achieved.
+
+    steps: forward passes of the target model, the prefill included.
+    new_tokens: tokens generated (after cutting at eos / max_new_tokens).
+    mean_accepted: new_tokens / steps, the tokens committed per forward pass (1.0 for greedy).
+    accepted_histogram: {tokens committed in one step: number of such steps}.
+    seconds: wall-clock time of the decode, prefill included.
+    tokens_computed: tokens fed through the model after the prefill (what the steps cost).
+    """
+
+    steps: int
+    new_tokens: int
+    accepted_histogram: Mapping[int, int] = attrs.field(converter=_frozen_histogram)
+    seconds: float
+    tokens_computed: int = 0
+
+    @property
+    def mean_accepted(self) -> float:
+        return self.new_tokens / self.steps if self.steps else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @classmethod
+    def merge(cls, parts: list["GenerationStats"]) -> "GenerationStats":
+        """Sum the statistics of several sequences (the rows of a batch)."""
+        histogram: dict[int, int] = {}
+        for part in parts:
+            for length, count in part.accepted_histogram.items():
+                histogram[length] = histogram.get(length, 0) + count
+        return cls(
+            steps=sum(p.steps for p in parts),
+            new_tokens=sum(p.new_tokens for p in parts),
+            accepted_histogram=histogram,
+            seconds=sum(p.seconds for p in parts),
+            tokens_computed=sum(p.tokens_computed for p in parts),
+        )
+
+    def summary(self) -> str:
+        return (
+            f"{self.new_tokens} tokens in {self.seconds:.2f} s ({self.tokens_per_second:.1f} tokens/s), "
+            f"{self.steps} steps, {self.mean_accepted:.2f} tokens/step"
+        )
+
+
+@attrs.define(eq=False)
+class GenerationOutput:
+    """The result of generate(): sequences like model.generate's, and statistics."""
+
+    sequences: torch.Tensor  # (B, prompt + new) int64
+    stats: GenerationStats

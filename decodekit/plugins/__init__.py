@@ -1,0 +1,1 @@
+"""decodekit's plugin system (pluggy): hook specifications and the plugin manager factory."""

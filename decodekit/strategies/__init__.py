@@ -1,0 +1,14 @@
+"""The built-in strategies. They register through the same pluggy hook as third-party plugins."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from decodekit.plugins.hookspecs import hookimpl
+
+
+@hookimpl
+def decodekit_register_strategies(register: Callable) -> None:
+    from decodekit.strategies.greedy import Greedy
+
+    register(Greedy)
