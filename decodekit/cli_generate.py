@@ -1,0 +1,94 @@
+"""`decodekit generate` and `decodekit strategies`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from decodekit.cli import parse_strategy_params
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="the user message; it goes through the model's chat template")
+    parser.add_argument("params", nargs="*", metavar="KEY=VALUE", help="strategy parameters, e.g. W=7 N=4 G=7")
+    parser.add_argument("--strategy", default="greedy", help="a name from `decodekit strategies` (default: greedy)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="default: 128")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    parser.add_argument("--compare", metavar="STRATEGY", help="also run STRATEGY (e.g. greedy) and report speedup and identity")
+    parser.add_argument("--no-stream", action="store_true", help="print the text at the end instead of as it is accepted")
+
+
+class _Streamer:
+    """Prints text as tokens are committed, decoding the whole output so multi-token characters come out whole."""
+
+    def __init__(self, tokenizer, enabled: bool) -> None:
+        self.tokenizer, self.enabled, self.ids, self.shown = tokenizer, enabled, [], ""
+
+    def __call__(self, tokens: list[int]) -> None:
+        self.ids.extend(tokens)
+        if not self.enabled:
+            return
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete character: wait for its next token
+            return
+        sys.stdout.write(text[len(self.shown):])
+        sys.stdout.flush()
+        self.shown = text
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import decodekit
+    from decodekit.errors import InputError
+    from decodekit.plugins.manager import get_registry
+
+    registry = get_registry()
+    registry.get(args.strategy)
+    params = parse_strategy_params(args.strategy, args.params)
+    if args.compare is not None:
+        registry.get(args.compare)
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    print(f"loading {decodekit.models.DEFAULT_MODEL} ({args.dtype}) ...", file=sys.stderr)
+    model, tokenizer = decodekit.models.load_default(args.dtype)
+    ids = decodekit.models.chat_ids(tokenizer, args.prompt)
+    decodekit.generate(model, ids, "greedy", max_new_tokens=2)  # warm-up: first-call costs stay out of the timing
+
+    streamer = _Streamer(tokenizer, enabled=not args.no_stream)
+    out = decodekit.generate(model, ids, args.strategy, max_new_tokens=args.max_new_tokens, on_step=streamer, **params)
+    if args.no_stream:
+        print(tokenizer.decode(streamer.ids, skip_special_tokens=True), end="")
+    print()
+    label = args.strategy + (" " + " ".join(args.params) if args.params else "")
+    print(f"[{label}] {out.stats.summary()}", file=sys.stderr)
+    if args.compare is not None:
+        base = decodekit.generate(model, ids, args.compare, max_new_tokens=args.max_new_tokens)
+        same = torch.equal(base.sequences, out.sequences)
+        print(f"[{args.compare}] {base.stats.summary()}", file=sys.stderr)
+        speedup = base.stats.seconds / out.stats.seconds if out.stats.seconds > 0 else float("nan")
+        print(f"speedup over {args.compare}: {speedup:.2f}x; outputs identical: {'yes' if same else 'NO'}",
+              file=sys.stderr)
+    return 0
+
+
+def add_strategies_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run_strategies(args: argparse.Namespace) -> int:
+    from decodekit.plugins.manager import get_registry
+
+    registry = get_registry()
+    for name in registry.names():
+        info = registry.get(name)
+        caps = info.capabilities
+        flags = ", ".join(f for f, on in (("exact", caps.exact), ("sampling", caps.supports_sampling),
+                                         ("needs draft model", caps.needs_draft_model)) if on)
+        origin = "" if info.plugin == "decodekit.strategies" else f"  [plugin: {info.plugin}]"
+        print(f"{name}: {info.cls.description} ({flags}){origin}")
+        for p in info.params:
+            print(f"    {p.name}={p.default!r}  ({p.allowed})  {p.help}")
+    for plugin, error in registry.failures.items():
+        print(f"(plugin {plugin!r} failed to register: {error})")
+    return 0
