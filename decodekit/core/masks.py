@@ -53,15 +53,14 @@ def tree_layout(parents: Sequence[int]) -> StepLayout:
     size = len(parents)
     if size == 0 or parents[0] != -1:
         raise ValueError("a tree layout needs the root first: parents[0] == -1")
-    visible = torch.zeros(size, size, dtype=torch.bool)  # (T, T)
+    visible = torch.eye(size, dtype=torch.bool)  # (T, T): every token sees itself
     depth = [0] * size
     for i in range(1, size):
         p = parents[i]
         if not 0 <= p < i:
             raise ValueError(f"parents[{i}] must be in [0, {i}), got {p}")
-        visible[i] = visible[p]  # the ancestors of i are p and p's ancestors
+        visible[i] |= visible[p]  # the ancestors of i are p and p's ancestors
         depth[i] = depth[p] + 1
-    visible.fill_diagonal_(True)
     return StepLayout(visible=visible, offsets=torch.tensor(depth, dtype=torch.long))
 
 

@@ -1,0 +1,60 @@
+"""Shared helpers for decodekit's own tests (prompt sets, reference decoding)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC_BENCH = Path(os.environ.get("DECODEKIT_SPEC_BENCH", REPO.parent / "shared" / "data" / "spec_bench" / "question.jsonl"))
+
+# The project's own prompts, so the real-model tests run where Spec-Bench is absent.
+OWN_PROMPTS = [
+    ("writing", "Write a short poem about a lighthouse keeper who befriends a seagull."),
+    ("coding", "Write a Python function that returns the n-th Fibonacci number iteratively."),
+    ("math", "If a train travels 60 miles per hour for 2.5 hours, how far does it go? Explain."),
+    ("qa", "Who wrote the novel 'Pride and Prejudice', and when was it published?"),
+    ("summarization", "Summarize: The city council met on Tuesday to discuss the new park. Residents asked for more "
+                      "trees, a playground and longer opening hours. The council agreed to plant trees this spring "
+                      "and to review the opening hours next month."),
+]
+
+
+def spec_bench_prompts(per_category: int = 1, limit: int | None = None) -> list[tuple[str, str]]:
+    """(category, first turn) pairs: the first `per_category` rows of every category, in file order."""
+    if not SPEC_BENCH.is_file():
+        return OWN_PROMPTS[:limit]
+    seen: dict[str, int] = {}
+    out = []
+    with SPEC_BENCH.open() as f:
+        for line in f:
+            row = json.loads(line)
+            cat = row["category"]
+            if seen.get(cat, 0) < per_category:
+                seen[cat] = seen.get(cat, 0) + 1
+                out.append((cat, row["turns"][0]))
+    return out[:limit]
+
+
+def hf_greedy(model, ids: torch.Tensor, max_new_tokens: int, eos: int | list[int] | None) -> torch.Tensor:
+    """model.generate(do_sample=False) with an explicit eos set (an empty list: none)."""
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
+    kwargs["eos_token_id"] = eos if eos not in (None, []) else None
+    if eos in (None, []):
+        # with eos_token_id=None generate falls back to nothing when the generation config has none
+        model.generation_config.eos_token_id = None
+    try:
+        with torch.inference_mode():
+            return model.generate(ids, **kwargs)
+    finally:
+        model.generation_config.eos_token_id = 2
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
