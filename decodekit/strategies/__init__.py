@@ -10,5 +10,7 @@ from decodekit.plugins.hookspecs import hookimpl
 @hookimpl
 def decodekit_register_strategies(register: Callable) -> None:
     from decodekit.strategies.greedy import Greedy
+    from decodekit.strategies.lookahead import Lookahead
 
     register(Greedy)
+    register(Lookahead)

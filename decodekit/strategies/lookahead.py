@@ -1,0 +1,169 @@
+"""Lookahead decoding (Fu, Bailis, Stoica, Zhang, ICML 2024): Jacobi n-grams verified in the same pass.
+
+One forward pass carries two branches after the pending token:
+- the lookahead branch: a window of N-1 levels by W columns. Column c's tokens form a diagonal
+  trajectory: level 0 is a chain (column c sees level-0 columns 0..c), level l of column c sees the
+  level-0 chain up to c and levels 1..l of its own column. Every step each column advances one Jacobi
+  iteration: the model's output at the last level becomes a new level, the oldest level drops out, and
+  each column yields an n-gram (its N-1 levels plus that output) for the pool.
+- the verification branch: the pool's candidates for the pending token, merged into a trie. Greedy
+  verification accepts the longest candidate prefix that matches the model's own argmax, plus the
+  bonus token the model predicts after it: up to N tokens per step.
+Both branches are one tree rooted at the pending token (the branches never see each other), so the
+mask builder's tree layout gives the "2-in-1" mask and position ids. Only the pending token's and the
+accepted tokens' keys and values stay in the cache.
+"""
+
+from __future__ import annotations
+
+import random
+
+import attrs
+import torch
+
+from decodekit.core.decoder import Decoder, DecodeState
+from decodekit.core.masks import tree_layout
+from decodekit.core.params import param
+from decodekit.core.types import Capabilities
+from decodekit.strategies.ngram_pool import NgramPool, Trie
+
+
+@attrs.frozen(kw_only=True)
+class LookaheadParams:
+    W: int = param(4, ge=1, le=64, help="window width: Jacobi columns advanced per step")
+    N: int = param(4, ge=2, le=16, help="n-gram size: at most N tokens committed per step")
+    G: int = param(4, ge=0, le=64, help="candidates verified per step (0: no verification)")
+    pool_from_prompt: bool = param(True, help="also seed the pool with the prompt's and the output's n-grams")
+
+
+@attrs.define(eq=False)
+class StepPlan:
+    """What goes through one forward: [pending, window (level-major), trie nodes]."""
+
+    tokens: list[int]
+    parents: list[int]
+    levels: int  # window levels included
+    trie: Trie
+
+    @property
+    def window_start(self) -> int:
+        return 1
+
+    @property
+    def trie_start(self) -> int:
+        return 1 + self.levels * self.width
+
+    width: int = 0
+
+
+class Lookahead(Decoder):
+    name = "lookahead"
+    description = "Jacobi n-gram window + n-gram pool verification in one forward pass (Fu et al. 2024)"
+    capabilities = Capabilities(exact=True, supports_sampling=True)
+    Params = LookaheadParams
+
+    def start(self, state: DecodeState) -> None:
+        p = self.params
+        self.pool = NgramPool(n=p.N, capacity=p.G)
+        if p.pool_from_prompt:
+            self.pool.add_sequence(state.tokens)
+        # Level 0 starts as tokens drawn from the prompt (a private RNG: no global state is touched).
+        rng = random.Random(len(state.tokens))
+        prompt = state.tokens[: state.prompt_length]
+        self.levels: list[list[int]] = [[rng.choice(prompt) for _ in range(p.W)]]
+
+    # -- propose --------------------------------------------------------------------------------
+
+    def window_fits(self, state: DecodeState) -> bool:
+        """The window's farthest guess must have a position the model can embed."""
+        limit = state.backend.max_positions
+        farthest = state.kv.length + self.params.W + len(self.levels) - 1
+        return state.remaining > 1 and (limit is None or farthest < limit)
+
+    def propose(self, state: DecodeState) -> StepPlan:
+        w = self.params.W
+        levels = self.levels if self.window_fits(state) else []
+        tokens, parents = [state.pending], [-1]
+        for level, row in enumerate(levels):
+            for col, token in enumerate(row):
+                tokens.append(token)
+                if level == 0:  # the level-0 chain
+                    parents.append(col)  # column 0's parent is the pending token (index 0)
+                else:  # one level up in the same column
+                    parents.append(1 + (level - 1) * w + col)
+        trie = Trie.build(self.pool.candidates(state.pending, min(self.params.N - 1, state.remaining - 1)))
+        base = len(tokens)
+        tokens += trie.tokens
+        parents += [base + p if p >= 0 else 0 for p in trie.parents]
+        return StepPlan(tokens=tokens, parents=parents, levels=len(levels), trie=trie, width=w)
+
+    # -- verify ---------------------------------------------------------------------------------
+
+    def verify_greedy(self, plan: StepPlan, argmax: list[int]) -> tuple[list[int], list[int]]:
+        """Longest trie path matching the model's argmax, plus the bonus token.
+
+        Returns (committed tokens, plan indices of the accepted trie nodes).
+        """
+        node, index, accepted = -1, 0, []
+        while True:
+            child = plan.trie.child(node, argmax[index])
+            if child is None:
+                break
+            node, index = child, plan.trie_start + child
+            accepted.append(index)
+        return [plan.tokens[i] for i in accepted] + [argmax[index]], accepted
+
+    def verify_sampling(self, state: DecodeState, plan: StepPlan, logits: torch.Tensor) -> tuple[list[int], list[int]]:
+        """The paper's sampling verification for one-hot drafts: keeps the model's distribution exactly.
+
+        At each node, try its children in order: accept child token t with probability p(t); on
+        rejection set p(t) = 0 and renormalise. If no child is accepted, sample from what is left.
+        """
+        node, index, accepted = -1, 0, []
+        while True:
+            probs = state.sampler.probabilities(logits[index])  # (V,)
+            moved = False
+            for token, child in plan.trie.child_tokens(node):
+                u = torch.rand((), generator=state.sampler.generator, dtype=torch.float64).item()
+                if u < probs[token].item():
+                    node, index, moved = child, plan.trie_start + child, True
+                    accepted.append(index)
+                    break
+                probs[token] = 0.0
+                total = probs.sum()
+                if total <= 0:
+                    break
+                probs = probs / total  # (V,)
+            if not moved:
+                bonus = int(torch.multinomial(probs, 1, generator=state.sampler.generator))
+                return [plan.tokens[i] for i in accepted] + [bonus], accepted
+
+    # -- commit ---------------------------------------------------------------------------------
+
+    def advance_window(self, plan: StepPlan, argmax: list[int]) -> None:
+        """One Jacobi iteration per column: the last level's outputs become a level; full windows yield n-grams."""
+        if plan.levels == 0:
+            return
+        w, last = self.params.W, plan.levels - 1
+        outputs = [argmax[1 + last * w + col] for col in range(w)]
+        if plan.levels == self.params.N - 1:
+            for col in range(w):
+                self.pool.add(self.levels[0][col], [row[col] for row in self.levels[1:]] + [outputs[col]])
+            self.levels = self.levels[1:] + [outputs]
+        else:
+            self.levels.append(outputs)
+
+    def step(self, state: DecodeState) -> list[int]:
+        plan = self.propose(state)
+        start = state.kv.length
+        logits = state.forward(plan.tokens, tree_layout(plan.parents))  # (T, V)
+        argmax = logits.argmax(dim=-1).tolist()  # (T,)
+        if state.sampler is None:
+            committed, accepted = self.verify_greedy(plan, argmax)
+        else:
+            committed, accepted = self.verify_sampling(state, plan, logits)
+        state.kv.keep_appended(start, [0] + accepted)  # the pending token and the accepted drafts
+        self.advance_window(plan, argmax)
+        if self.params.pool_from_prompt:
+            self.pool.add_sequence(state.tokens + committed, first_end=len(state.tokens))
+        return committed

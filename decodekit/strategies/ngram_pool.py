@@ -1,0 +1,78 @@
+"""The n-gram pool of lookahead decoding: candidate continuations keyed by their first token.
+
+Each key keeps at most G continuations (the N-1 tokens that followed it), the most recent first and
+without duplicates. Candidates that share a prefix are merged into a trie for verification, so a
+shared token is computed once.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import attrs
+
+
+@attrs.define(eq=False)
+class NgramPool:
+    n: int  # n-gram length: a key plus n - 1 continuation tokens
+    capacity: int  # G: continuations kept per key
+    table: dict[int, list[tuple[int, ...]]] = attrs.Factory(dict)
+
+    def add(self, key: int, continuation: Sequence[int]) -> None:
+        """Remember `continuation` after `key` as the most recent candidate."""
+        if self.capacity == 0:
+            return
+        cont = tuple(continuation)
+        bucket = self.table.setdefault(key, [])
+        if bucket and bucket[0] == cont:
+            return
+        if cont in bucket:
+            bucket.remove(cont)
+        bucket.insert(0, cont)
+        del bucket[self.capacity:]
+
+    def add_sequence(self, tokens: Sequence[int], first_end: int = 0) -> None:
+        """Add every full n-gram of `tokens` that ends at index >= first_end, oldest first."""
+        n = self.n
+        for start in range(max(0, first_end - n + 1), len(tokens) - n + 1):
+            self.add(tokens[start], tokens[start + 1:start + n])
+
+    def candidates(self, key: int, max_length: int) -> list[tuple[int, ...]]:
+        """The continuations stored for `key`, each cut to max_length tokens (most recent first)."""
+        if max_length <= 0:
+            return []
+        return [c[:max_length] for c in self.table.get(key, ())]
+
+
+@attrs.define(eq=False)
+class Trie:
+    """Candidates merged by shared prefix. Node i holds tokens[i] and its parent index (-1: the root)."""
+
+    tokens: list[int] = attrs.Factory(list)
+    parents: list[int] = attrs.Factory(list)
+    children: dict[tuple[int, int], int] = attrs.Factory(dict)  # (parent, token) -> node
+
+    @classmethod
+    def build(cls, candidates: Iterable[Sequence[int]]) -> "Trie":
+        trie = cls()
+        for cand in candidates:
+            parent = -1
+            for token in cand:
+                node = trie.children.get((parent, token))
+                if node is None:
+                    node = len(trie.tokens)
+                    trie.tokens.append(token)
+                    trie.parents.append(parent)
+                    trie.children[(parent, token)] = node
+                parent = node
+        return trie
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def child(self, node: int, token: int) -> int | None:
+        return self.children.get((node, token))
+
+    def child_tokens(self, node: int) -> list[tuple[int, int]]:
+        """(token, child node) pairs under `node`, in insertion order (most recent candidate first)."""
+        return [(tok, child) for (parent, tok), child in self.children.items() if parent == node]
