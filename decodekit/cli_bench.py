@@ -41,6 +41,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep-grid", metavar="GRID", help="the grid, e.g. 'W=4,7,10;N=3,5;G=W' "
                         "(default for lookahead: W=4,7;N=3,5;G=W)")
     parser.add_argument("--out", default="bench-out", metavar="DIR", help="where results go (default: bench-out)")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="start no further prompt after about SECONDS (questions run round robin over the "
+                             "categories, so a cut run still covers them all); default: no limit")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -65,7 +68,7 @@ def run_bench(args: argparse.Namespace) -> int:
                         max_new_tokens=args.max_new_tokens, multi_turn=args.multi_turn, warmup=not args.no_warmup,
                         progress=not args.no_progress, sweep=args.sweep, sweep_grid=args.sweep_grid,
                         load_draft=lambda name: api.load_model(name, args.dtype)[0],
-                        out=args.out, command=command, config=config)
+                        out=args.out, command=command, config=config, time_limit=args.time_limit)
     print(report.terminal_table(doc))
     if doc["sweep"]:
         print(f"fastest {doc['sweep']['strategy']} configuration: {doc['sweep']['fastest']}")

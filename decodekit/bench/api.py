@@ -53,24 +53,27 @@ def run_bench(model: Any, *, tokenizer: Any = None, questions: Sequence[Question
               sweep: str | None = None, sweep_grid: str | None = None,
               draft_models: Mapping[str, Any] | None = None, load_draft: Callable[[str], Any] | None = None,
               out: str | Path | None = None, command: Sequence[str] | None = None,
-              config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+              config: Mapping[str, Any] | None = None, time_limit: float | None = None) -> dict[str, Any]:
     """Benchmark methods on an already-loaded model; returns the results.json document (and writes DIR if out).
 
     questions (Spec-Bench rows, through tokenizer's chat template) or prompts (lists of token ids).
     methods: spec strings such as 'lookahead:W=7,N=4,G=7' or 'hf-prompt-lookup:num_tokens=10'; None
     for the defaults (hf-greedy, greedy, hf-prompt-lookup, every registered exact strategy without a draft).
     draft_models maps a spec's draft= value to a loaded model (or load_draft loads it by that value).
+    time_limit: seconds after which no further prompt starts (see decodekit.bench.runner.run).
     """
     specs, plan = plan_methods(methods, sweep, sweep_grid)
     run = runner.run(model, specs, questions=questions, prompts=prompts, tokenizer=tokenizer,
                      max_new_tokens=max_new_tokens, multi_turn=multi_turn, warmup=warmup, progress=progress,
-                     draft_models=draft_models, load_draft=load_draft)
+                     draft_models=draft_models, load_draft=load_draft, time_limit=time_limit)
     summary_plan = None
     if plan is not None:
         summary = results.summarize(run)
         summary_plan = sweeping.fastest(summary, plan["strategy"], plan["grid"], plan["labels"])
+    described = {"model": getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__,
+                 "dtype": str(getattr(model, "dtype", "")).replace("torch.", "")}
     doc = results.document(run, command=list(command if command is not None else sys.argv),
-                           config=dict(config or {}), sweep=summary_plan)
+                           config={**described, **dict(config or {})}, sweep=summary_plan)
     if out is not None:
         report.write_outputs(doc, Path(out))
     return doc

@@ -1,9 +1,11 @@
 """Peak memory of one call, measured the same way for every method.
 
-On the CPU: the process's resident set size (RSS), sampled every few milliseconds from
-/proc/self/statm by a background thread while the call runs; the figure is the peak RSS during the
-call minus the RSS just before it (what the call added). On CUDA: torch.cuda.max_memory_allocated
-after a reset, minus the allocation before the call. Where neither is available the figure is None.
+On the CPU: the process's resident set size (RSS), sampled every 5 milliseconds from
+/proc/self/statm by a background thread while the call runs. Two figures: the peak RSS during the
+call (the whole process, model weights included) and what the call added over the RSS just before
+it. On CUDA: torch.cuda.max_memory_allocated after a reset, and that minus the allocation before the
+call. Where neither is available the figures are None. Allocators keep memory that was freed, so
+both figures depend on what ran before in the process: read them as rough, not as exact costs.
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ def process_peak_rss() -> int:
 
 def method_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return "cuda max_memory_allocated during the call, minus the allocation before it"
+        return ("peak: torch.cuda.max_memory_allocated during the call; added: that minus the allocation "
+                "before the call")
     if current_rss() is not None:
-        return "peak RSS during the call (sampled every 5 ms from /proc/self/statm) minus RSS before it"
+        return ("peak: the process's resident set size (RSS) during the call, sampled every 5 ms from "
+                "/proc/self/statm (model weights included); added: that minus the RSS just before the call")
     return "not measured (no /proc/self/statm on this system)"
 
 
@@ -55,18 +59,23 @@ class _RSSSampler(threading.Thread):
             self.peak = max(self.peak, current_rss() or 0)
 
 
-def measure(fn: Callable[[], T], device: torch.device, interval: float = 0.005) -> tuple[T, int | None]:
-    """Run fn(); return its result and the bytes of memory it added at its peak (None if unmeasured)."""
+def measure(fn: Callable[[], T], device: torch.device, interval: float = 0.005
+            ) -> tuple[T, int | None, int | None]:
+    """Run fn(); return its result, the peak memory during it and what it added over the memory before it.
+
+    Both in bytes, None where unmeasured. The peak includes what was resident before (the model's weights).
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         result = fn()
         torch.cuda.synchronize(device)
-        return result, max(0, torch.cuda.max_memory_allocated(device) - before)
+        peak = torch.cuda.max_memory_allocated(device)
+        return result, peak, max(0, peak - before)
     before = current_rss()
     if before is None:
-        return fn(), None
+        return fn(), None, None
     sampler = _RSSSampler(interval)
     sampler.start()
     try:
@@ -75,7 +84,7 @@ def measure(fn: Callable[[], T], device: torch.device, interval: float = 0.005) 
         sampler.done.set()
         sampler.join()
     peak = max(sampler.peak, current_rss() or 0)
-    return result, max(0, peak - before)
+    return result, peak, max(0, peak - before)
 
 
 def sync(device: Any) -> None:

@@ -91,7 +91,7 @@ def categories_of(questions: Iterable[Question]) -> list[str]:
 
 def select(questions: Sequence[Question], categories: Sequence[str] | None = None,
            per_category: int | None = None) -> list[Question]:
-    """The first `per_category` questions of each chosen category (all categories when None)."""
+    """The first `per_category` questions of each chosen category (all when None), in round-robin order."""
     known = categories_of(questions)
     if categories:
         unknown = [c for c in categories if c not in known]
@@ -103,8 +103,10 @@ def select(questions: Sequence[Question], categories: Sequence[str] | None = Non
         wanted = known
     if per_category is not None and (isinstance(per_category, bool) or per_category < 1):
         raise InputError(f"--per-category must be an integer >= 1, got {per_category!r}")
-    chosen: list[Question] = []
-    for category in wanted:
-        rows = [q for q in questions if q.category == category]
-        chosen.extend(rows if per_category is None else rows[:per_category])
-    return chosen
+    by_category = {c: [q for q in questions if q.category == c] for c in wanted}
+    depth = max(len(rows) for rows in by_category.values())
+    if per_category is not None:
+        depth = min(depth, per_category)
+    # Round robin: every category's first question, then every category's second, ...; a run cut
+    # short by a time limit still covers all categories.
+    return [rows[k] for k in range(depth) for rows in by_category.values() if k < len(rows)]

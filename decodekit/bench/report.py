@@ -13,6 +13,7 @@ COLUMNS = (
     ("tokens computed/step", "tokens_computed_per_step"),
     ("identical to hf-greedy", "identical_fraction"),
     ("peak memory (MiB)", "peak_memory_mib"),
+    ("memory added (MiB)", "memory_added_mib"),
 )
 
 
@@ -24,7 +25,7 @@ def _fmt(key: str, value: Any) -> str:
     if key == "identical_fraction":
         return f"{100 * value:.0f}%"
     if isinstance(value, float):
-        return f"{value:.1f}" if key in ("tokens_per_second", "peak_memory_mib") else f"{value:.2f}"
+        return f"{value:.1f}" if key in ("tokens_per_second", "peak_memory_mib", "memory_added_mib") else f"{value:.2f}"
     return str(value)
 
 
@@ -72,6 +73,9 @@ def markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         f"- software: Python {software['python']}, torch {software['torch']}, transformers "
         f"{software['transformers']}, decodekit {software['decodekit']}",
         f"- memory: {config['memory_method']}",
+        *([f"- **cut short by --time-limit {config['time_limit_s']:.0f} s: {config['prompts_run']} of "
+           f"{config['prompts_planned']} prompts ran**"] if config.get("prompts_run", 0) < config.get("prompts_planned", 0)
+          else []),
         "",
         "## Overall",
         "",

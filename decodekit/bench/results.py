@@ -10,7 +10,8 @@ Definitions (every figure is computed over the same prompts for every method):
 - tokens_computed_per_step: tokens fed through the target model per forward after the prefill (what a
   step costs: 1 for greedy, 1 + guesses for prompt lookup, more for lookahead's window).
 - identical_fraction: prompts whose new tokens equal hf-greedy's, token for token.
-- peak_memory_mib: the largest memory a single call added (see decodekit.bench.memory for how).
+- peak_memory_mib: the highest memory during any one call, model weights included; memory_added_mib:
+  the most one call added over the memory before it (see decodekit.bench.memory for how; rough figures).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ SCHEMA = "decodekit-bench/1"
 TOP_LEVEL_KEYS = ("schema", "created_utc", "command", "machine", "software", "config", "methods", "summary",
                   "records", "sweep")
 FIGURE_KEYS = ("prompts", "new_tokens", "seconds", "tokens_per_second", "speedup", "time_ratio",
-               "mean_tokens_per_forward", "tokens_computed_per_step", "identical_fraction", "peak_memory_mib")
+               "mean_tokens_per_forward", "tokens_computed_per_step", "identical_fraction", "peak_memory_mib",
+               "memory_added_mib")
 
 
 @attrs.frozen(kw_only=True)
@@ -48,6 +50,7 @@ class Figures:
     tokens_computed_per_step: float | None
     identical_fraction: float
     peak_memory_mib: float | None
+    memory_added_mib: float | None
 
 
 def _ratio(top: float, bottom: float) -> float | None:
@@ -70,14 +73,16 @@ def figures(records: Sequence[Record], reference: Sequence[Record]) -> Figures:
     forwards = _sum_known(r.forwards for r in records)
     computed = _sum_known(r.tokens_computed for r in records)
     steps = None if forwards is None else forwards - len(records)  # forwards after each prompt's prefill
-    memories = [r.peak_memory_bytes for r in records if r.peak_memory_bytes is not None]
+    peaks = [r.peak_memory_bytes for r in records if r.peak_memory_bytes is not None]
+    added = [r.memory_added_bytes for r in records if r.memory_added_bytes is not None]
     return Figures(
         prompts=len(records), new_tokens=new_tokens, seconds=seconds, tokens_per_second=tps,
         speedup=_ratio(tps, ref_tps), time_ratio=_ratio(ref_seconds, seconds),
         mean_tokens_per_forward=None if not forwards else new_tokens / forwards,
         tokens_computed_per_step=None if computed is None or not steps else computed / steps,
         identical_fraction=sum(r.identical for r in records) / len(records) if records else 0.0,
-        peak_memory_mib=max(memories) / MIB if memories else None,
+        peak_memory_mib=max(peaks) / MIB if peaks else None,
+        memory_added_mib=max(added) / MIB if added else None,
     )
 
 
@@ -166,7 +171,9 @@ def document(run: BenchRun, *, command: Sequence[str], config: Mapping[str, Any]
         "machine": machine_info(),
         "software": software_info(),
         "config": {**dict(config), "max_new_tokens": run.max_new_tokens, "multi_turn": run.multi_turn,
-                   "device": run.device, "memory_method": run.memory_method, "reference": REFERENCE},
+                   "device": run.device, "memory_method": run.memory_method, "reference": REFERENCE,
+                   "prompts_planned": run.prompts_planned, "prompts_run": run.prompts_run,
+                   "time_limit_s": run.time_limit},
         "methods": method_rows(run),
         "summary": summarize(run),
         "records": [attrs.asdict(r) for r in run.records],

@@ -8,6 +8,7 @@ all of them alike. hf-greedy's output is the reference every other method's toke
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import attrs
@@ -44,6 +45,7 @@ class Record:
     tokens_computed: int | None
     identical: bool
     peak_memory_bytes: int | None
+    memory_added_bytes: int | None
 
 
 @attrs.frozen(kw_only=True)
@@ -56,6 +58,9 @@ class BenchRun:
     multi_turn: bool
     device: str
     memory_method: str
+    prompts_planned: int
+    prompts_run: int
+    time_limit: float | None = None
 
 
 def _check_methods(specs: Sequence[MethodSpec]) -> None:
@@ -81,7 +86,7 @@ def _resolve_drafts(specs: Sequence[MethodSpec], draft_models: Mapping[str, Any]
 
 
 def _run_one(spec: MethodSpec, model: Any, ids: torch.Tensor, max_new_tokens: int, drafts: Mapping[str, Any],
-             device: torch.device) -> tuple[RunResult, int | None]:
+             device: torch.device) -> tuple[RunResult, int | None, int | None]:
     run = runner_for(spec)
     draft = drafts.get(spec.draft) if spec.draft is not None else None
     return memory.measure(lambda: run(spec, model, ids, max_new_tokens, draft), device)
@@ -107,7 +112,7 @@ def run_prompt(specs: Sequence[MethodSpec], model: Any, prompt: Prompt, max_new_
     """Every method once on one prompt; records (in spec order) and the reference's result."""
     device = model.device
     ids = _to_ids(prompt.input_ids, device)
-    results: dict[str, tuple[RunResult, int | None]] = {}
+    results: dict[str, tuple[RunResult, int | None, int | None]] = {}
     for spec in _rotated(specs, order_index):
         results[spec.label] = _run_one(spec, model, ids, max_new_tokens, drafts, device)
         if tick is not None:
@@ -115,12 +120,13 @@ def run_prompt(specs: Sequence[MethodSpec], model: Any, prompt: Prompt, max_new_
     reference = results[REFERENCE][0]
     records = []
     for spec in specs:
-        result, peak = results[spec.label]
+        result, peak, added = results[spec.label]
         records.append(Record(
             method=spec.label, question_id=prompt.question_id, category=prompt.category, turn=prompt.turn,
             prompt_tokens=len(prompt.input_ids), new_tokens=len(result.new_tokens), seconds=result.seconds,
             forwards=result.forwards, tokens_computed=result.tokens_computed,
-            identical=result.new_tokens == reference.new_tokens, peak_memory_bytes=peak))
+            identical=result.new_tokens == reference.new_tokens, peak_memory_bytes=peak,
+            memory_added_bytes=added))
     return records, reference
 
 
@@ -170,8 +176,13 @@ def as_prompts(items: Sequence[Any]) -> list[Prompt]:
 def run(model: Any, specs: Sequence[MethodSpec], *, questions: Sequence[Question] | None = None,
         prompts: Sequence[Any] | None = None, tokenizer: Any = None, max_new_tokens: int = 128,
         multi_turn: bool = False, warmup: bool = True, progress: bool = True,
-        draft_models: Mapping[str, Any] | None = None, load_draft: Callable[[str], Any] | None = None) -> BenchRun:
-    """Benchmark `specs` on `model`: questions (through the tokenizer's chat template) or token-id prompts."""
+        draft_models: Mapping[str, Any] | None = None, load_draft: Callable[[str], Any] | None = None,
+        time_limit: float | None = None) -> BenchRun:
+    """Benchmark `specs` on `model`: questions (through the tokenizer's chat template) or token-id prompts.
+
+    time_limit (seconds): start no further prompt once the elapsed time plus the mean time of a prompt
+    so far would pass it; every prompt that starts runs every method, so figures stay comparable.
+    """
     from tqdm.auto import tqdm
 
     _check_methods(specs)
@@ -184,11 +195,19 @@ def run(model: Any, specs: Sequence[MethodSpec], *, questions: Sequence[Question
     drafts = _resolve_drafts(specs, draft_models, load_draft)
     source = (((p, None) for p in as_prompts(prompts)) if prompts is not None
               else _question_prompts(questions, tokenizer, multi_turn))
-    total = _prompt_count(questions, None if prompts is None else prompts, multi_turn) * len(specs)
+    if time_limit is not None and (isinstance(time_limit, bool) or not time_limit > 0):
+        raise InputError(f"time_limit must be a number of seconds > 0, got {time_limit!r}")
+    planned = _prompt_count(questions, None if prompts is None else prompts, multi_turn)
     records: list[Record] = []
-    bar = tqdm(total=total, file=sys.stderr, disable=not progress, unit="run", dynamic_ncols=True)
+    done = 0
+    began = time.perf_counter()
+    bar = tqdm(total=planned * len(specs), file=sys.stderr, disable=not progress, unit="run", dynamic_ncols=True)
     try:
         for index, (prompt, answered) in enumerate(source):
+            elapsed = time.perf_counter() - began
+            if time_limit is not None and done and elapsed + elapsed / done > time_limit:
+                bar.write(f"time limit {time_limit:.0f} s: stopping after {done} of {planned} prompts", file=sys.stderr)
+                break
             if index == 0 and warmup:
                 bar.set_description("warm-up")
                 warm_up(specs, model, prompt, drafts)
@@ -199,9 +218,11 @@ def run(model: Any, specs: Sequence[MethodSpec], *, questions: Sequence[Question
 
             got, reference = run_prompt(specs, model, prompt, max_new_tokens, drafts, index, tick)
             records.extend(got)
+            done += 1
             if answered is not None:
                 answered(reference)
     finally:
         bar.close()
     return BenchRun(methods=specs, records=records, max_new_tokens=max_new_tokens, multi_turn=multi_turn,
-                    device=str(model.device), memory_method=memory.method_name(model.device))
+                    device=str(model.device), memory_method=memory.method_name(model.device),
+                    prompts_planned=planned, prompts_run=done, time_limit=time_limit)
