@@ -15,7 +15,7 @@ from decodekit.errors import StrategyParameterError
 from decodekit.plugins.manager import get_registry
 
 # Kept small: each configuration runs on every prompt. Widen it with --sweep-grid.
-DEFAULT_GRIDS = {"lookahead": "W=4,7;N=3,5;G=W"}
+DEFAULT_GRIDS = {"lookahead": "W=4,7;N=3,5;G=W", "jacobi": "block_size=4,8,16"}
 
 
 def parse_grid(strategy: str, text: str) -> list[dict[str, str]]:
