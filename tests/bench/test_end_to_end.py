@@ -66,3 +66,16 @@ def test_time_limit_stops_between_prompts(tiny):
 def test_cli_fails_before_loading_any_model(argv, says, capsys):
     assert main(argv) == 2
     assert says in capsys.readouterr().err
+
+
+def test_hf_assisted_with_a_draft_model(tiny):
+    from decodekit.errors import InputError
+    from decodekit.testing.models import tiny_model
+
+    draft = tiny_model("llama", seed=1, init=0.5, layers=1)
+    doc = run_bench(tiny, prompts=PROMPTS[:1], methods=["hf-greedy", "hf-assisted:draft=small"], max_new_tokens=8,
+                    progress=False, warmup=False, draft_models={"small": draft})
+    figs = doc["summary"]["overall"]["hf-assisted:draft=small"]
+    assert figs["identical_fraction"] == 1.0 and figs["tokens_computed_per_step"] >= 1.0
+    with pytest.raises(InputError, match="names draft 'other', which was not given in draft_models"):
+        run_bench(tiny, prompts=PROMPTS[:1], methods=["hf-assisted:draft=other"], progress=False)
