@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from decodekit.bench import report, results, runner, sweep as sweeping
-from decodekit.bench.methods import REFERENCE, MethodSpec, parse_method, parse_methods
+from decodekit.bench.methods import REFERENCE, MethodSpec, parse_methods
 from decodekit.bench.questions import Question
 from decodekit.errors import InputError
 
