@@ -41,9 +41,14 @@ def plan_methods(methods: Sequence[str | MethodSpec] | None, sweep: str | None =
     plan = None
     if sweep is not None:
         grid, swept = sweeping.sweep_specs(sweep, sweep_grid)
-        labels = {s.label for s in specs}
-        specs += [s for s in swept if s.label not in labels]
-        plan = {"strategy": sweep, "grid": grid, "labels": [s.label for s in swept]}
+        present = {s.canonical(): s.label for s in specs}
+        labels = []
+        for spec in swept:  # a configuration already listed (e.g. the defaults) runs once, under its label
+            if spec.canonical() not in present:
+                specs.append(spec)
+                present[spec.canonical()] = spec.label
+            labels.append(present[spec.canonical()])
+        plan = {"strategy": sweep, "grid": grid, "labels": labels}
     return specs, plan
 
 

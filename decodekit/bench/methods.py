@@ -65,6 +65,12 @@ class MethodSpec:
     params: Mapping[str, Any] = attrs.field(converter=lambda p: MappingProxyType(dict(p)))
     draft: str | None = None
 
+    def canonical(self) -> tuple:
+        """What the method runs, defaults filled in: equal for 'jacobi' and 'jacobi:block_size=8'."""
+        if self.family == "hf":
+            return ("hf", self.name, HF_METHODS[self.name](**self.params), self.draft)
+        return ("decodekit", self.name, get_registry().make_params(self.name, self.params), self.draft)
+
     @property
     def exact(self) -> bool:
         """Whether the method promises greedy's output (every HF peer here does, with do_sample=False)."""

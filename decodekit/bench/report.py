@@ -122,12 +122,15 @@ def plot_speedup(doc: Mapping[str, Any], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(categories) + 2), 4.5))
     for i, label in enumerate(labels):
         values = [tables[c][label]["speedup"] or 0.0 for c in categories]
-        ax.bar([x + i * width for x in range(len(categories))], values, width, label=label)
+        bars = ax.bar([x + i * width for x in range(len(categories))], values, width, label=label)
+        if len(labels) * len(categories) <= 60:
+            ax.bar_label(bars, fmt="%.2f", fontsize=6, rotation=90, padding=2)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(categories))])
     ax.set_xticklabels(categories, rotation=40, ha="right")
     ax.set_ylabel("speedup over hf-greedy (tokens/s ratio)")
     ax.set_title("Speedup per category")
+    ax.margins(y=0.15)
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -136,24 +139,35 @@ def plot_speedup(doc: Mapping[str, Any], path: Path) -> Path | None:
 
 
 def plot_scaling(doc: Mapping[str, Any], path: Path) -> Path | None:
-    """Tokens per forward against tokens computed per step, one point per method (lookahead's W, N sweep)."""
+    """Tokens per forward against tokens computed per step, one point per method (lookahead's W, N sweep).
+
+    Points of one strategy (its configurations) share a colour and are labelled with their parameters.
+    hf-greedy is left out: it is greedy's point.
+    """
     plt = _pyplot()
+    reference = doc["config"]["reference"]
     points = [(label, figs["tokens_computed_per_step"], figs["mean_tokens_per_forward"])
               for label, figs in doc["summary"]["overall"].items()
-              if figs["tokens_computed_per_step"] is not None and figs["mean_tokens_per_forward"] is not None]
+              if label != reference and figs["tokens_computed_per_step"] is not None
+              and figs["mean_tokens_per_forward"] is not None]
     if plt is None or not points:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    from matplotlib.ticker import ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
     families: dict[str, list] = {}
     for label, x, y in points:
         families.setdefault(label.split(":")[0], []).append((label, x, y))
     for family, rows in families.items():
-        ax.scatter([r[1] for r in rows], [r[2] for r in rows], label=family)
+        ax.scatter([r[1] for r in rows], [r[2] for r in rows], label=family, s=30)
         for label, x, y in rows:
-            ax.annotate(label.partition(":")[2] or label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            if ":" in label:
+                ax.annotate(label.partition(":")[2], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel("tokens computed per step (log scale)")
-    ax.set_ylabel("tokens per forward pass")
+    ax.set_ylabel("tokens per forward pass (mean accepted)")
     ax.set_title("Tokens per step against compute per step")
     ax.legend(fontsize="small")
     fig.tight_layout()

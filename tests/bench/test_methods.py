@@ -72,3 +72,11 @@ def test_sweep_specs_validate_every_configuration(chunk_strategy):
         sweep_specs(chunk_strategy, "k=1,20")
     with pytest.raises(StrategyParameterError, match="no default grid"):
         sweep_specs(chunk_strategy)
+
+
+def test_a_sweep_reuses_an_equivalent_listed_method(chunk_strategy):
+    from decodekit.bench.api import plan_methods
+
+    specs, plan = plan_methods(["hf-greedy", chunk_strategy], sweep=chunk_strategy, sweep_grid="k=1,2")
+    assert [s.label for s in specs] == ["hf-greedy", chunk_strategy, f"{chunk_strategy}:k=1"]
+    assert plan["labels"] == [f"{chunk_strategy}:k=1", chunk_strategy]  # k=2 is the default
