@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -68,6 +69,7 @@ def run_bench(model: Any, *, tokenizer: Any = None, questions: Sequence[Question
     time_limit: seconds after which no further prompt starts (see decodekit.bench.runner.run).
     """
     specs, plan = plan_methods(methods, sweep, sweep_grid)
+    load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     run = runner.run(model, specs, questions=questions, prompts=prompts, tokenizer=tokenizer,
                      max_new_tokens=max_new_tokens, multi_turn=multi_turn, warmup=warmup, progress=progress,
                      draft_models=draft_models, load_draft=load_draft, time_limit=time_limit)
@@ -75,7 +77,8 @@ def run_bench(model: Any, *, tokenizer: Any = None, questions: Sequence[Question
     if plan is not None:
         summary = results.summarize(run)
         summary_plan = sweeping.fastest(summary, plan["strategy"], plan["grid"], plan["labels"])
-    described = {"model": getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__,
+    described = {"load_average_at_start": load_before,
+                 "model": getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__,
                  "dtype": str(getattr(model, "dtype", "")).replace("torch.", "")}
     doc = results.document(run, command=list(command if command is not None else sys.argv),
                            config={**described, **dict(config or {})}, sweep=summary_plan)

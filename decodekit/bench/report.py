@@ -29,6 +29,10 @@ def _fmt(key: str, value: Any) -> str:
     return str(value)
 
 
+def _loads(values: Sequence[float] | None) -> str:
+    return "n/a" if not values else "/".join(f"{v:.2f}" for v in values)
+
+
 def _rows(table: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
     return [[label] + [_fmt(key, figs[key]) for _, key in COLUMNS[1:]] for label, figs in table.items()]
 
@@ -69,7 +73,8 @@ def markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         f"- prompts: {doc['summary']['overall'][doc['methods'][0]['label']]['prompts']} "
         f"({'all turns' if config['multi_turn'] else 'first turns'}), max_new_tokens {config['max_new_tokens']}",
         f"- machine: {machine['cpu_model']}, {machine['cpu_cores']} cores ({machine['cpu_cores_usable']} usable), "
-        f"torch threads {machine['torch_threads']}, load average at the end {machine.get('load_average')}",
+        f"torch threads {machine['torch_threads']}, load average (1, 5, 15 min) at the start "
+        f"{_loads(config.get('load_average_at_start'))}, at the end {_loads(machine.get('load_average'))}",
         f"- software: Python {software['python']}, torch {software['torch']}, transformers "
         f"{software['transformers']}, decodekit {software['decodekit']}",
         f"- memory: {config['memory_method']}",
