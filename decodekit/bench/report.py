@@ -124,7 +124,7 @@ def plot_speedup(doc: Mapping[str, Any], path: Path) -> Path | None:
     tables = {**doc["summary"]["by_category"], "overall": doc["summary"]["overall"]}
     categories = list(tables)
     width = 0.8 / max(1, len(labels))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(categories) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.9 * len(categories) + 3.5), 4.8))
     for i, label in enumerate(labels):
         values = [tables[c][label]["speedup"] or 0.0 for c in categories]
         bars = ax.bar([x + i * width for x in range(len(categories))], values, width, label=label)
@@ -136,7 +136,7 @@ def plot_speedup(doc: Mapping[str, Any], path: Path) -> Path | None:
     ax.set_ylabel("speedup over hf-greedy (tokens/s ratio)")
     ax.set_title("Speedup per category")
     ax.margins(y=0.15)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -159,7 +159,7 @@ def plot_scaling(doc: Mapping[str, Any], path: Path) -> Path | None:
         return None
     from matplotlib.ticker import ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    fig, ax = plt.subplots(figsize=(8.0, 4.8))
     families: dict[str, list] = {}
     for label, x, y in points:
         families.setdefault(label.split(":")[0], []).append((label, x, y))
@@ -174,7 +174,7 @@ def plot_scaling(doc: Mapping[str, Any], path: Path) -> Path | None:
     ax.set_xlabel("tokens computed per step (log scale)")
     ax.set_ylabel("tokens per forward pass (mean accepted)")
     ax.set_title("Tokens per step against compute per step")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
