@@ -30,7 +30,7 @@ test: setup
 	$(PY) -m pytest -p no:cacheprovider --hypothesis-profile=ci
 
 bench: setup
-	$(VENV)/bin/decodekit bench --per-category 2 --max-new-tokens 128 --out bench-out
+	$(VENV)/bin/decodekit bench --per-category 2 --max-new-tokens 128 --time-limit 780 --out bench-out
 
 clean:
 	rm -rf $(VENV) bench-out .hypothesis

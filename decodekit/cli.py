@@ -12,6 +12,7 @@ from typing import Any, Sequence
 SUBCOMMANDS = {
     "generate": ("decodekit.cli_generate", "generate text on the default model, streaming it"),
     "strategies": ("decodekit.cli_generate", "list every registered strategy with its parameters"),
+    "bench": ("decodekit.cli_bench", "benchmark every method side by side on Spec-Bench prompts"),
 }
 
 
@@ -30,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from decodekit.errors import DecodekitError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the exact command, for reports
     try:
         return int(args.handler(args) or 0)
     except DecodekitError as exc:

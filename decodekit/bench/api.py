@@ -1,0 +1,87 @@
+"""run_bench(): the Python entry point behind `decodekit bench`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from decodekit.bench import report, results, runner, sweep as sweeping
+from decodekit.bench.methods import REFERENCE, MethodSpec, parse_methods
+from decodekit.bench.questions import Question
+from decodekit.errors import InputError
+
+
+def load_model(name: str, dtype: str = "float32") -> tuple[Any, Any]:
+    """'default' -> decodekit.models.load_default(dtype); a local HuggingFace folder -> (model, tokenizer)."""
+    from decodekit.models import load_default, resolve_dtype
+
+    if name == "default":
+        return load_default(dtype)
+    path = Path(name)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise InputError(f"--model must be 'default' or a local HuggingFace model folder holding config.json, "
+                         f"got {name!r}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype), attn_implementation="sdpa")
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return model.eval(), tokenizer
+
+
+def plan_methods(methods: Sequence[str | MethodSpec] | None, sweep: str | None = None,
+                 sweep_grid: str | None = None) -> tuple[list[MethodSpec], dict[str, Any] | None]:
+    """Every method spec parsed and validated (before any model is loaded); the sweep's plan, if any."""
+    if sweep_grid is not None and sweep is None:
+        raise InputError("--sweep-grid needs --sweep STRATEGY")
+    texts = None if methods is None else [m.label if isinstance(m, MethodSpec) else m for m in methods]
+    if sweep is not None and texts is None:
+        texts = [REFERENCE, "greedy"]
+    specs = parse_methods(texts)
+    plan = None
+    if sweep is not None:
+        grid, swept = sweeping.sweep_specs(sweep, sweep_grid)
+        present = {s.canonical(): s.label for s in specs}
+        labels = []
+        for spec in swept:  # a configuration already listed (e.g. the defaults) runs once, under its label
+            if spec.canonical() not in present:
+                specs.append(spec)
+                present[spec.canonical()] = spec.label
+            labels.append(present[spec.canonical()])
+        plan = {"strategy": sweep, "grid": grid, "labels": labels}
+    return specs, plan
+
+
+def run_bench(model: Any, *, tokenizer: Any = None, questions: Sequence[Question] | None = None,
+              prompts: Sequence[Any] | None = None, methods: Sequence[str | MethodSpec] | None = None,
+              max_new_tokens: int = 128, multi_turn: bool = False, warmup: bool = True, progress: bool = True,
+              sweep: str | None = None, sweep_grid: str | None = None,
+              draft_models: Mapping[str, Any] | None = None, load_draft: Callable[[str], Any] | None = None,
+              out: str | Path | None = None, command: Sequence[str] | None = None,
+              config: Mapping[str, Any] | None = None, time_limit: float | None = None) -> dict[str, Any]:
+    """Benchmark methods on an already-loaded model; returns the results.json document (and writes DIR if out).
+
+    questions (Spec-Bench rows, through tokenizer's chat template) or prompts (lists of token ids).
+    methods: spec strings such as 'lookahead:W=7,N=4,G=7' or 'hf-prompt-lookup:num_tokens=10'; None
+    for the defaults (hf-greedy, greedy, hf-prompt-lookup, every registered exact strategy without a draft).
+    draft_models maps a spec's draft= value to a loaded model (or load_draft loads it by that value).
+    time_limit: seconds after which no further prompt starts (see decodekit.bench.runner.run).
+    """
+    specs, plan = plan_methods(methods, sweep, sweep_grid)
+    load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    run = runner.run(model, specs, questions=questions, prompts=prompts, tokenizer=tokenizer,
+                     max_new_tokens=max_new_tokens, multi_turn=multi_turn, warmup=warmup, progress=progress,
+                     draft_models=draft_models, load_draft=load_draft, time_limit=time_limit)
+    summary_plan = None
+    if plan is not None:
+        summary = results.summarize(run)
+        summary_plan = sweeping.fastest(summary, plan["strategy"], plan["grid"], plan["labels"])
+    described = {"load_average_at_start": load_before,
+                 "model": getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__,
+                 "dtype": str(getattr(model, "dtype", "")).replace("torch.", "")}
+    doc = results.document(run, command=list(command if command is not None else sys.argv),
+                           config={**described, **dict(config or {})}, sweep=summary_plan)
+    if out is not None:
+        report.write_outputs(doc, Path(out))
+    return doc

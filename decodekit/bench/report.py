@@ -1,0 +1,193 @@
+"""results.md, the terminal table and the PNG plots, all drawn from the results.json document."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+COLUMNS = (
+    ("method", "method"),
+    ("tokens/s", "tokens_per_second"),
+    ("speedup vs hf-greedy", "speedup"),
+    ("tokens/forward", "mean_tokens_per_forward"),
+    ("tokens computed/step", "tokens_computed_per_step"),
+    ("identical to hf-greedy", "identical_fraction"),
+    ("peak memory (MiB)", "peak_memory_mib"),
+    ("memory added (MiB)", "memory_added_mib"),
+)
+
+
+def _fmt(key: str, value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if key == "speedup":
+        return f"{value:.2f}x"
+    if key == "identical_fraction":
+        return f"{100 * value:.0f}%"
+    if isinstance(value, float):
+        return f"{value:.1f}" if key in ("tokens_per_second", "peak_memory_mib", "memory_added_mib") else f"{value:.2f}"
+    return str(value)
+
+
+def _loads(values: Sequence[float] | None) -> str:
+    return "n/a" if not values else "/".join(f"{v:.2f}" for v in values)
+
+
+def _rows(table: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
+    return [[label] + [_fmt(key, figs[key]) for _, key in COLUMNS[1:]] for label, figs in table.items()]
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def terminal_table(doc: Mapping[str, Any]) -> str:
+    """The overall table as aligned plain text."""
+    header = [title for title, _ in COLUMNS]
+    rows = _rows(doc["summary"]["overall"])
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    out = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in [header, *rows]]
+    out.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(out)
+
+
+def speedup_by_category(doc: Mapping[str, Any]) -> str:
+    labels = [m["label"] for m in doc["methods"]]
+    rows = [[category] + [_fmt("speedup", table[label]["speedup"]) for label in labels]
+            for category, table in doc["summary"]["by_category"].items()]
+    rows.append(["**overall**"] + [_fmt("speedup", doc["summary"]["overall"][label]["speedup"]) for label in labels])
+    return _markdown_table(["category", *labels], rows)
+
+
+def markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
+    """results.md: the setup, the overall table, speedup per category, the sweep, the plots."""
+    config, machine, software = doc["config"], doc["machine"], doc["software"]
+    parts = [
+        "# decodekit bench results",
+        "",
+        f"- command: `{' '.join(doc['command'])}`",
+        f"- created (UTC): {doc['created_utc']}",
+        f"- model: {config.get('model')} ({config.get('dtype')}), device {config['device']}",
+        f"- prompts: {doc['summary']['overall'][doc['methods'][0]['label']]['prompts']} "
+        f"({'all turns' if config['multi_turn'] else 'first turns'}), max_new_tokens {config['max_new_tokens']}",
+        f"- machine: {machine['cpu_model']}, {machine['cpu_cores']} cores ({machine['cpu_cores_usable']} usable), "
+        f"torch threads {machine['torch_threads']}, load average (1, 5, 15 min) at the start "
+        f"{_loads(config.get('load_average_at_start'))}, at the end {_loads(machine.get('load_average'))}",
+        f"- software: Python {software['python']}, torch {software['torch']}, transformers "
+        f"{software['transformers']}, decodekit {software['decodekit']}",
+        f"- memory: {config['memory_method']}",
+        *([f"- **cut short by --time-limit {config['time_limit_s']:.0f} s: {config['prompts_run']} of "
+           f"{config['prompts_planned']} prompts ran**"] if config.get("prompts_run", 0) < config.get("prompts_planned", 0)
+          else []),
+        "",
+        "## Overall",
+        "",
+        _markdown_table([title for title, _ in COLUMNS], _rows(doc["summary"]["overall"])),
+        "",
+        "## Speedup over hf-greedy per category",
+        "",
+        speedup_by_category(doc),
+        "",
+    ]
+    if doc.get("sweep"):
+        sweep = doc["sweep"]
+        parts += ["## Sweep", "", f"Strategy `{sweep['strategy']}`, grid `{sweep['grid']}`: fastest configuration "
+                  f"**`{sweep['fastest']}`** ({_fmt('tokens_per_second', sweep['fastest_tokens_per_second'])} "
+                  f"tokens/s, {_fmt('speedup', sweep['fastest_speedup'])}).", ""]
+    for plot in plots:
+        parts += [f"![{Path(plot).stem}]({Path(plot).name})", ""]
+    return "\n".join(parts)
+
+
+# -- plots ------------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_speedup(doc: Mapping[str, Any], path: Path) -> Path | None:
+    """Grouped bars: speedup over hf-greedy per category (and overall), one bar per method."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    labels = [m["label"] for m in doc["methods"] if m["label"] != doc["config"]["reference"]]
+    tables = {**doc["summary"]["by_category"], "overall": doc["summary"]["overall"]}
+    categories = list(tables)
+    width = 0.8 / max(1, len(labels))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.9 * len(categories) + 3.5), 4.8))
+    for i, label in enumerate(labels):
+        values = [tables[c][label]["speedup"] or 0.0 for c in categories]
+        bars = ax.bar([x + i * width for x in range(len(categories))], values, width, label=label)
+        if len(labels) * len(categories) <= 60:
+            ax.bar_label(bars, fmt="%.2f", fontsize=6, rotation=90, padding=2)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(categories))])
+    ax.set_xticklabels(categories, rotation=40, ha="right")
+    ax.set_ylabel("speedup over hf-greedy (tokens/s ratio)")
+    ax.set_title("Speedup per category")
+    ax.margins(y=0.15)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_scaling(doc: Mapping[str, Any], path: Path) -> Path | None:
+    """Tokens per forward against tokens computed per step, one point per method (lookahead's W, N sweep).
+
+    Points of one strategy (its configurations) share a colour and are labelled with their parameters.
+    hf-greedy is left out: it is greedy's point.
+    """
+    plt = _pyplot()
+    reference = doc["config"]["reference"]
+    points = [(label, figs["tokens_computed_per_step"], figs["mean_tokens_per_forward"])
+              for label, figs in doc["summary"]["overall"].items()
+              if label != reference and figs["tokens_computed_per_step"] is not None
+              and figs["mean_tokens_per_forward"] is not None]
+    if plt is None or not points:
+        return None
+    from matplotlib.ticker import ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(8.0, 4.8))
+    families: dict[str, list] = {}
+    for label, x, y in points:
+        families.setdefault(label.split(":")[0], []).append((label, x, y))
+    for family, rows in families.items():
+        ax.scatter([r[1] for r in rows], [r[2] for r in rows], label=family, s=30)
+        for label, x, y in rows:
+            if ":" in label:
+                ax.annotate(label.partition(":")[2], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("tokens computed per step (log scale)")
+    ax.set_ylabel("tokens per forward pass (mean accepted)")
+    ax.set_title("Tokens per step against compute per step")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(doc: Mapping[str, Any], out: Path) -> list[Path]:
+    """results.json, results.md and the plots in `out`; returns the files written."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    plots = [p for p in (plot_speedup(doc, out / "speedup_by_category.png"),
+                         plot_scaling(doc, out / "tokens_per_step_vs_compute.png")) if p is not None]
+    (out / "results.json").write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(markdown(doc, [str(p) for p in plots]), encoding="utf-8")
+    return [out / "results.json", out / "results.md", *plots]

@@ -1,0 +1,198 @@
+"""Figures per method, per category and overall, and the results.json document.
+
+Definitions (every figure is computed over the same prompts for every method):
+- tokens_per_second: new tokens / wall-clock seconds, summed over the prompts (prefill included).
+- speedup: tokens_per_second / hf-greedy's tokens_per_second in the same run. When a method's outputs
+  equal hf-greedy's (identical_fraction 1.0) this is exactly the ratio of total times, also given as time_ratio.
+- mean_tokens_per_forward: new tokens / forward passes of the target model, the prefill counted as one
+  (Spec-Bench's "mean accepted tokens"; 1.0 for greedy). decodekit methods: GenerationStats.steps;
+  HF methods: a forward pre-hook counts the target model's calls.
+- tokens_computed_per_step: tokens fed through the target model per forward after the prefill (what a
+  step costs: 1 for greedy, 1 + guesses for prompt lookup, more for lookahead's window).
+- identical_fraction: prompts whose new tokens equal hf-greedy's, token for token.
+- peak_memory_mib: the highest memory during any one call, model weights included; memory_added_mib:
+  the most one call added over the memory before it (see decodekit.bench.memory for how; rough figures).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+from typing import Any, Iterable, Mapping, Sequence
+
+import attrs
+
+from decodekit.bench.memory import MIB, process_peak_rss
+from decodekit.bench.methods import REFERENCE
+from decodekit.bench.runner import BenchRun, Record
+
+SCHEMA = "decodekit-bench/1"
+TOP_LEVEL_KEYS = ("schema", "created_utc", "command", "machine", "software", "config", "methods", "summary",
+                  "records", "sweep")
+FIGURE_KEYS = ("prompts", "new_tokens", "seconds", "tokens_per_second", "speedup", "time_ratio",
+               "mean_tokens_per_forward", "tokens_computed_per_step", "identical_fraction", "peak_memory_mib",
+               "memory_added_mib")
+
+
+@attrs.frozen(kw_only=True)
+class Figures:
+    """One method's figures over a set of prompts (None where the run could not measure it)."""
+
+    prompts: int
+    new_tokens: int
+    seconds: float
+    tokens_per_second: float
+    speedup: float | None
+    time_ratio: float | None
+    mean_tokens_per_forward: float | None
+    tokens_computed_per_step: float | None
+    identical_fraction: float
+    peak_memory_mib: float | None
+    memory_added_mib: float | None
+
+
+def _ratio(top: float, bottom: float) -> float | None:
+    return top / bottom if bottom > 0 else None
+
+
+def _sum_known(values: Iterable[int | None]) -> int | None:
+    values = list(values)
+    return None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
+
+
+def figures(records: Sequence[Record], reference: Sequence[Record]) -> Figures:
+    """Figures of one method's records against the reference's records on the same prompts."""
+    new_tokens = sum(r.new_tokens for r in records)
+    seconds = sum(r.seconds for r in records)
+    tps = new_tokens / seconds if seconds > 0 else 0.0
+    ref_tokens = sum(r.new_tokens for r in reference)
+    ref_seconds = sum(r.seconds for r in reference)
+    ref_tps = ref_tokens / ref_seconds if ref_seconds > 0 else 0.0
+    forwards = _sum_known(r.forwards for r in records)
+    computed = _sum_known(r.tokens_computed for r in records)
+    steps = None if forwards is None else forwards - len(records)  # forwards after each prompt's prefill
+    peaks = [r.peak_memory_bytes for r in records if r.peak_memory_bytes is not None]
+    added = [r.memory_added_bytes for r in records if r.memory_added_bytes is not None]
+    return Figures(
+        prompts=len(records), new_tokens=new_tokens, seconds=seconds, tokens_per_second=tps,
+        speedup=_ratio(tps, ref_tps), time_ratio=_ratio(ref_seconds, seconds),
+        mean_tokens_per_forward=None if not forwards else new_tokens / forwards,
+        tokens_computed_per_step=None if computed is None or not steps else computed / steps,
+        identical_fraction=sum(r.identical for r in records) / len(records) if records else 0.0,
+        peak_memory_mib=max(peaks) / MIB if peaks else None,
+        memory_added_mib=max(added) / MIB if added else None,
+    )
+
+
+def _by(records: Iterable[Record], key: str) -> dict[Any, list[Record]]:
+    groups: dict[Any, list[Record]] = {}
+    for record in records:
+        groups.setdefault(getattr(record, key), []).append(record)
+    return groups
+
+
+def summarize(run: BenchRun) -> dict[str, Any]:
+    """{"overall": {method: figures}, "by_category": {category: {method: figures}}} as plain dicts."""
+    def table(records: Sequence[Record]) -> dict[str, dict[str, Any]]:
+        by_method = _by(records, "method")
+        reference = by_method.get(REFERENCE, [])
+        return {spec.label: attrs.asdict(figures(by_method.get(spec.label, []), reference))
+                for spec in run.methods}
+
+    return {"overall": table(run.records),
+            "by_category": {category: table(rows) for category, rows in _by(run.records, "category").items()}}
+
+
+# -- the machine and the software -----------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    info = {
+        "cpu_model": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_cores_usable": usable,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "platform": platform.platform(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "process_peak_rss_mib": process_peak_rss() / MIB,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def software_info() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    import decodekit
+
+    try:
+        transformers_version = version("transformers")
+    except PackageNotFoundError:
+        transformers_version = None
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers_version,
+            "decodekit": decodekit.__version__}
+
+
+def method_rows(run: BenchRun) -> list[dict[str, Any]]:
+    return [{"label": s.label, "name": s.name, "family": s.family, "params": dict(s.params), "draft": s.draft,
+             "exact": s.exact} for s in run.methods]
+
+
+def document(run: BenchRun, *, command: Sequence[str], config: Mapping[str, Any],
+             sweep: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The whole results.json document."""
+    return {
+        "schema": SCHEMA,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": list(command),
+        "machine": machine_info(),
+        "software": software_info(),
+        "config": {**dict(config), "max_new_tokens": run.max_new_tokens, "multi_turn": run.multi_turn,
+                   "device": run.device, "memory_method": run.memory_method, "reference": REFERENCE,
+                   "prompts_planned": run.prompts_planned, "prompts_run": run.prompts_run,
+                   "time_limit_s": run.time_limit},
+        "methods": method_rows(run),
+        "summary": summarize(run),
+        "records": [attrs.asdict(r) for r in run.records],
+        "sweep": dict(sweep) if sweep is not None else None,
+    }
+
+
+def check_document(doc: Mapping[str, Any]) -> None:
+    """Raise ValueError if `doc` lacks a key of the results.json schema (what tests and readers rely on)."""
+    missing = [k for k in TOP_LEVEL_KEYS if k not in doc]
+    if missing:
+        raise ValueError(f"results.json lacks {', '.join(missing)}")
+    if doc["schema"] != SCHEMA:
+        raise ValueError(f"results.json schema is {doc['schema']!r}, expected {SCHEMA!r}")
+    labels = [m["label"] for m in doc["methods"]]
+    for scope, table in [("overall", doc["summary"]["overall"]), *doc["summary"]["by_category"].items()]:
+        for label in labels:
+            if label not in table:
+                raise ValueError(f"summary {scope!r} lacks method {label!r}")
+            absent = [k for k in FIGURE_KEYS if k not in table[label]]
+            if absent:
+                raise ValueError(f"summary {scope!r} / {label!r} lacks {', '.join(absent)}")

@@ -1,0 +1,76 @@
+"""`decodekit bench`: every method side by side on Spec-Bench prompts; tables and plots in --out DIR."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _per_category(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 or 'all', got {text!r}")
+    return value
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--questions", metavar="FILE",
+                        help="a Spec-Bench-format JSONL (default: $DECODEKIT_SPEC_BENCH, else "
+                             "../shared/data/spec_bench/question.jsonl from the repository root)")
+    parser.add_argument("--categories", nargs="+", metavar="CAT", help="only these categories (default: all)")
+    parser.add_argument("--per-category", type=_per_category, default=2, metavar="K",
+                        help="the first K questions of each category, or 'all' (default: 2)")
+    parser.add_argument("--multi-turn", action="store_true",
+                        help="run every turn (later turns follow hf-greedy's answers); default: first turns only")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="default: 128")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    parser.add_argument("--strategies", "--methods", dest="strategies", nargs="+", metavar="SPEC",
+                        help="methods to run, e.g. greedy lookahead:W=7,N=4,G=7 hf-prompt-lookup:num_tokens=10 "
+                             "hf-assisted:draft=PATH (default: hf-greedy, greedy, hf-prompt-lookup and every "
+                             "registered exact strategy that needs no draft model); hf-greedy is always included")
+    parser.add_argument("--model", default="default", metavar="default|PATH",
+                        help="the default SmolLM2-135M-Instruct, or a local HuggingFace model folder")
+    parser.add_argument("--sweep", metavar="STRATEGY",
+                        help="also try a grid of STRATEGY's parameters and report the fastest (e.g. lookahead)")
+    parser.add_argument("--sweep-grid", metavar="GRID", help="the grid, e.g. 'W=4,7,10;N=3,5;G=W' "
+                        "(default for lookahead: W=4,7;N=3,5;G=W)")
+    parser.add_argument("--out", default="bench-out", metavar="DIR", help="where results go (default: bench-out)")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="start no further prompt after about SECONDS (questions run round robin over the "
+                             "categories, so a cut run still covers them all); default: no limit")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from decodekit.bench import api, questions as qs, report
+    from decodekit.errors import InputError
+
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    specs, _plan = api.plan_methods(args.strategies, args.sweep, args.sweep_grid)  # typos fail before any work
+    path = Path(args.questions) if args.questions else qs.default_questions_path()
+    chosen = qs.select(qs.read_questions(path), args.categories, args.per_category)
+    print(f"{len(chosen)} questions, {len(specs)} methods: {', '.join(s.label for s in specs)}", file=sys.stderr)
+    print(f"loading model {args.model} ({args.dtype}) ...", file=sys.stderr)
+    model, tokenizer = api.load_model(args.model, args.dtype)
+    config = {"model": args.model if args.model != "default" else "default (SmolLM2-135M-Instruct)",
+              "dtype": args.dtype, "questions": str(path), "categories": args.categories,
+              "per_category": args.per_category, "warmup": not args.no_warmup}
+    command = ["decodekit", *getattr(args, "argv", sys.argv[1:])]
+    doc = api.run_bench(model, tokenizer=tokenizer, questions=chosen, methods=[s.label for s in specs],
+                        max_new_tokens=args.max_new_tokens, multi_turn=args.multi_turn, warmup=not args.no_warmup,
+                        progress=not args.no_progress, sweep=args.sweep, sweep_grid=args.sweep_grid,
+                        load_draft=lambda name: api.load_model(name, args.dtype)[0],
+                        out=args.out, command=command, config=config, time_limit=args.time_limit)
+    print(report.terminal_table(doc))
+    if doc["sweep"]:
+        print(f"fastest {doc['sweep']['strategy']} configuration: {doc['sweep']['fastest']}")
+    print(f"results in {args.out}/ (results.json, results.md, plots)", file=sys.stderr)
+    return 0

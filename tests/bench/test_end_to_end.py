@@ -1,0 +1,81 @@
+"""One tiny bench run end to end on a tiny random model, and the CLI's early errors."""
+
+import json
+
+import pytest
+
+from decodekit.bench import Question, check_document, run_bench
+from decodekit.bench.results import FIGURE_KEYS
+from decodekit.cli import main
+
+PROMPTS = [[1, 5, 7, 9, 5, 7, 9, 5, 7], [1, 3, 4, 3, 4, 3, 4, 3]]
+
+
+def test_tiny_bench_run_writes_every_output(tiny, tmp_path, chunk_strategy):
+    methods = ["hf-greedy", "greedy", "hf-prompt-lookup:num_tokens=4", f"{chunk_strategy}:k=2"]
+    doc = run_bench(tiny, prompts=PROMPTS, methods=methods, max_new_tokens=12, progress=False,
+                    sweep=chunk_strategy, sweep_grid="k=1,3", out=tmp_path, command=["decodekit", "bench", "test"])
+    check_document(doc)
+    assert [m["label"] for m in doc["methods"]] == methods + [f"{chunk_strategy}:k=1", f"{chunk_strategy}:k=3"]
+    assert len(doc["records"]) == len(PROMPTS) * len(doc["methods"])
+    overall = doc["summary"]["overall"]
+    for label, figs in overall.items():
+        assert set(FIGURE_KEYS) <= set(figs)
+        assert figs["identical_fraction"] == 1.0, label  # every method here is exact
+        assert figs["tokens_per_second"] > 0
+    assert overall["hf-greedy"]["speedup"] == pytest.approx(1.0)
+    assert overall["hf-greedy"]["mean_tokens_per_forward"] == pytest.approx(1.0)  # counted by the forward hook
+    assert overall["hf-greedy"]["tokens_computed_per_step"] == pytest.approx(1.0)
+    assert overall["hf-prompt-lookup:num_tokens=4"]["tokens_computed_per_step"] >= 1.0
+    assert doc["sweep"]["fastest"] in (f"{chunk_strategy}:k=1", f"{chunk_strategy}:k=3")
+    assert doc["command"] == ["decodekit", "bench", "test"]
+    assert doc["machine"]["cpu_cores"] >= 1 and doc["software"]["torch"]
+    written = json.loads((tmp_path / "results.json").read_text())
+    check_document(written)
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| hf-prompt-lookup:num_tokens=4 |" in markdown and "fastest configuration" in markdown
+    for png in ("speedup_by_category.png", "tokens_per_step_vs_compute.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_multi_turn_questions_through_a_chat_template(tiny, toy_tokenizer):
+    questions = [Question(question_id=7, category="writing", turns=["hello there", "and again"]),
+                 Question(question_id=8, category="qa", turns=["why?"])]
+    doc = run_bench(tiny, tokenizer=toy_tokenizer, questions=questions, methods=["greedy"], max_new_tokens=6,
+                    multi_turn=True, progress=False, warmup=False)
+    turns = [(r["question_id"], r["turn"]) for r in doc["records"] if r["method"] == "greedy"]
+    assert turns == [(7, 0), (7, 1), (8, 0)]
+    assert set(doc["summary"]["by_category"]) == {"writing", "qa"}
+    first = run_bench(tiny, tokenizer=toy_tokenizer, questions=questions, methods=["greedy"], max_new_tokens=6,
+                      progress=False, warmup=False)
+    assert len(first["records"]) == 2 * 2  # first turns only: 2 prompts x (hf-greedy, greedy)
+
+
+def test_time_limit_stops_between_prompts(tiny):
+    doc = run_bench(tiny, prompts=PROMPTS * 3, methods=["greedy"], max_new_tokens=4, progress=False,
+                    time_limit=1e-9)
+    assert doc["config"]["prompts_run"] == 1 and doc["config"]["prompts_planned"] == 6
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["bench", "--strategies", "greedy:W=3"], "unknown parameter 'W' for 'greedy'"),
+    (["bench", "--strategies", "hf-prompt-lookup:num_tokens=0"], "num_tokens must be >= 1, got 0"),
+    (["bench", "--questions", "/nonexistent/q.jsonl"], "does not exist"),
+    (["bench", "--sweep-grid", "W=1"], "--sweep-grid needs --sweep"),
+])
+def test_cli_fails_before_loading_any_model(argv, says, capsys):
+    assert main(argv) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_hf_assisted_with_a_draft_model(tiny):
+    from decodekit.errors import InputError
+    from decodekit.testing.models import tiny_model
+
+    draft = tiny_model("llama", seed=1, init=0.5, layers=1)
+    doc = run_bench(tiny, prompts=PROMPTS[:1], methods=["hf-greedy", "hf-assisted:draft=small"], max_new_tokens=8,
+                    progress=False, warmup=False, draft_models={"small": draft})
+    figs = doc["summary"]["overall"]["hf-assisted:draft=small"]
+    assert figs["identical_fraction"] == 1.0 and figs["tokens_computed_per_step"] >= 1.0
+    with pytest.raises(InputError, match="names draft 'other', which was not given in draft_models"):
+        run_bench(tiny, prompts=PROMPTS[:1], methods=["hf-assisted:draft=other"], progress=False)

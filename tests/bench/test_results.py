@@ -1,0 +1,34 @@
+import pytest
+
+from decodekit.bench.results import check_document, figures
+from decodekit.bench.runner import Record
+
+
+def _record(method, seconds, new_tokens=10, forwards=10, computed=9, identical=True, peak=None):
+    return Record(method=method, question_id=0, category="c", turn=0, prompt_tokens=5, new_tokens=new_tokens,
+                  seconds=seconds, forwards=forwards, tokens_computed=computed, identical=identical,
+                  peak_memory_bytes=peak, memory_added_bytes=None)
+
+
+def test_figures_definitions():
+    reference = [_record("hf-greedy", 2.0), _record("hf-greedy", 2.0)]
+    fast = [_record("m", 1.0, forwards=4, computed=30, peak=2 * 1024 * 1024),
+            _record("m", 1.0, forwards=6, computed=50, identical=False)]
+    got = figures(fast, reference)
+    assert got.prompts == 2 and got.new_tokens == 20 and got.seconds == 2.0
+    assert got.tokens_per_second == pytest.approx(10.0)
+    assert got.speedup == pytest.approx(2.0) and got.time_ratio == pytest.approx(2.0)
+    assert got.mean_tokens_per_forward == pytest.approx(20 / 10)
+    assert got.tokens_computed_per_step == pytest.approx(80 / (10 - 2))  # prefills are not steps
+    assert got.identical_fraction == 0.5
+    assert got.peak_memory_mib == pytest.approx(2.0) and got.memory_added_mib is None
+
+
+def test_unknown_counts_give_none_not_a_guess():
+    got = figures([_record("m", 1.0, forwards=None, computed=None)], [_record("hf-greedy", 1.0)])
+    assert got.mean_tokens_per_forward is None and got.tokens_computed_per_step is None
+
+
+def test_check_document_names_what_is_missing():
+    with pytest.raises(ValueError, match="lacks .*summary"):
+        check_document({"schema": "decodekit-bench/1"})
