@@ -12,6 +12,7 @@ from typing import Any, Sequence
 SUBCOMMANDS = {
     "generate": ("decodekit.cli_generate", "generate text on the default model, streaming it"),
     "strategies": ("decodekit.cli_generate", "list every registered strategy with its parameters"),
+    "verify": ("decodekit.cli_verify", "check on real prompts that a strategy's output equals greedy decoding"),
 }
 
 

@@ -64,10 +64,11 @@ class Comparison:
         def token(seq: tuple[int, ...]) -> str:
             return str(seq[at]) if at < len(seq) else f"<end: stopped after {len(seq)} tokens>"
 
+        width = max(len("greedy"), len(self.strategy)) + 1
         return (f"{label} differs from greedy at new token {at} (sequence position {self.prompt_length + at}): "
                 f"greedy {token(self.greedy)}, {self.strategy} {token(self.output)}\n"
-                f"  greedy:         {_window(self.greedy, at)}\n"
-                f"  {self.strategy + ':':<15} {_window(self.output, at)}")
+                f"  {'greedy:':<{width}} {_window(self.greedy, at)}\n"
+                f"  {self.strategy + ':':<{width}} {_window(self.output, at)}")
 
 
 def compare_with_greedy(model: Any, input_ids: torch.Tensor | Sequence[int], strategy: str,
