@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 from decodekit.testing.models import ARCHITECTURES, tiny_model
 
-# The tiny models' vocabulary; token 2 is their eos, 0 pad, 1 bos.
+# The tiny models' vocabularies; token 2 is their eos, 0 pad, 1 bos.
 VOCAB_SIZE = 96
+SMALL_VOCAB_SIZE = 12
 
 
 @attrs.frozen(kw_only=True)
@@ -39,7 +40,7 @@ class TinyModelConfig:
         return tiny_model(self.arch, seed=self.seed, init=self.init, attn=self.attn, vocab_size=self.vocab_size)
 
     def __str__(self) -> str:
-        return f"tiny {self.arch} (seed={self.seed}, init={self.init}, attn={self.attn})"
+        return f"tiny {self.arch} (seed={self.seed}, init={self.init}, attn={self.attn}, vocab_size={self.vocab_size})"
 
 
 @attrs.frozen(kw_only=True)
@@ -69,15 +70,17 @@ class GenerationCase:
 
 
 def tiny_model_configs(architectures: Sequence[str] = ARCHITECTURES, seeds: Sequence[int] = (0, 1),
-                       inits: Sequence[float] = (0.3, 1.0), attns: Sequence[str] = ("sdpa", "eager")
-                       ) -> st.SearchStrategy[TinyModelConfig]:
+                       inits: Sequence[float] = (0.3, 1.0), attns: Sequence[str] = ("sdpa", "eager"),
+                       vocab_sizes: Sequence[int] = (VOCAB_SIZE, SMALL_VOCAB_SIZE)) -> st.SearchStrategy[TinyModelConfig]:
     """Tiny random model configs across architectures (llama, qwen2, mistral, gpt2 by default).
 
-    The defaults span 32 models, which all fit the model cache, so examples reuse built models.
-    init 1.0 gives peaky, repetitive outputs (long accepted drafts); 0.3 gives flatter ones.
+    The defaults span 64 models, which all fit the tiny-model cache, so examples reuse built models.
+    A small vocabulary (12 tokens) makes greedy decoding fall into loops quickly: drafting strategies
+    then get long drafts accepted, which exercises multi-token commits and mid-step stops.
     """
     return st.builds(TinyModelConfig, arch=st.sampled_from(tuple(architectures)), seed=st.sampled_from(tuple(seeds)),
-                     init=st.sampled_from(tuple(inits)), attn=st.sampled_from(tuple(attns)))
+                     init=st.sampled_from(tuple(inits)), attn=st.sampled_from(tuple(attns)),
+                     vocab_size=st.sampled_from(tuple(vocab_sizes)))
 
 
 def tiny_models(**kwargs: Any) -> st.SearchStrategy[Any]:
@@ -120,15 +123,24 @@ def eos_choices(vocab_size: int = VOCAB_SIZE) -> st.SearchStrategy[Any]:
     )
 
 
-def generation_cases(models: st.SearchStrategy[TinyModelConfig] | None = None,
+# mostly long enough for several multi-token steps, sometimes so short that the first step is cut
+_MAX_NEW_TOKENS = st.one_of(st.integers(12, 32), st.integers(1, 4))
+
+
+@st.composite
+def generation_cases(draw: st.DrawFn, models: st.SearchStrategy[TinyModelConfig] | None = None,
                      prompt: st.SearchStrategy[list[int]] | None = None,
                      eos: st.SearchStrategy[Any] | None = None,
-                     max_new_tokens: st.SearchStrategy[int] | None = None) -> st.SearchStrategy[GenerationCase]:
-    """Whole cases: a tiny model, a prompt, an eos choice and max_new_tokens (1 to 24 by default)."""
-    return st.builds(
-        GenerationCase,
-        model=models if models is not None else tiny_model_configs(),
-        prompt=(prompt if prompt is not None else prompts()).map(tuple),
-        eos=eos if eos is not None else eos_choices(),
-        max_new_tokens=max_new_tokens if max_new_tokens is not None else st.integers(1, 24),
+                     max_new_tokens: st.SearchStrategy[int] | None = None) -> GenerationCase:
+    """Whole cases: a tiny model, a prompt in its vocabulary, an eos choice and max_new_tokens (1 to 32).
+
+    Each keyword replaces the default strategy for that part (prompt and eos default to the drawn
+    model's vocabulary).
+    """
+    model = draw(models if models is not None else tiny_model_configs())
+    return GenerationCase(
+        model=model,
+        prompt=tuple(draw(prompt if prompt is not None else prompts(model.vocab_size))),
+        eos=draw(eos if eos is not None else eos_choices(model.vocab_size)),
+        max_new_tokens=draw(max_new_tokens if max_new_tokens is not None else _MAX_NEW_TOKENS),
     )

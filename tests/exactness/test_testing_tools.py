@@ -35,8 +35,22 @@ def test_prompts_include_repetitive_ones():
 def test_model_configs_cover_every_architecture_and_build_real_models(arch):
     config = find(dks.tiny_model_configs(), lambda c: c.arch == arch, settings=settings(database=None))
     model = config.build()
-    assert model.config.model_type == arch and model.config.vocab_size == dks.VOCAB_SIZE
+    assert model.config.model_type == arch and model.config.vocab_size == config.vocab_size
     assert config.build() is model  # cached
+
+
+def test_model_configs_include_a_small_vocabulary_where_greedy_loops():
+    config = find(dks.tiny_model_configs(), lambda c: c.vocab_size == dks.SMALL_VOCAB_SIZE,
+                  settings=settings(database=None))
+    assert config.build().config.vocab_size == dks.SMALL_VOCAB_SIZE
+
+
+@settings(max_examples=20)
+@given(dks.generation_cases())
+def test_prompts_and_eos_of_a_case_fit_its_models_vocabulary(case):
+    assert all(3 <= t < case.model.vocab_size for t in case.prompt)
+    ids = [case.eos] if isinstance(case.eos, int) else case.eos if isinstance(case.eos, list) else []
+    assert all(2 <= t < case.model.vocab_size for t in ids)
 
 
 def test_eos_choices_cover_every_kind():
