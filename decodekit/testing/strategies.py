@@ -1,4 +1,4 @@
-"""Public Hypothesis strategies for testing decoding strategies (named `st_*`-free, like hypothesis.extra).
+"""Public Hypothesis strategies for testing decoding strategies.
 
     from decodekit.testing import strategies as dks
 

@@ -110,3 +110,10 @@ def test_judge_classifies_by_the_margin_at_the_first_difference():
     assert judge(model, None, "float64", prompt, greedy, list(greedy), 1.0).status == "identical"
     early = judge(model, None, "float64", prompt, greedy, greedy[:2], 1.0)
     assert early.status == "mismatch" and "stopped" in early.text
+
+
+def test_a_model_that_is_neither_default_nor_a_model_folder_is_refused(tmp_path, questions, capsys):
+    rc = main(["verify", "--strategy", "greedy", "--questions", str(questions), "--model", str(tmp_path)])
+    assert rc == 2
+    assert f"--model must be 'default' or a local HuggingFace model folder (with config.json), got {str(tmp_path)!r}" \
+        in capsys.readouterr().err
