@@ -103,10 +103,6 @@ def test_assert_matches_greedy_refuses_a_strategy_not_declared_exact(decodekit_r
         assert_matches_greedy("inexact-test")
 
 
-def test_the_register_fixture_removes_what_it_added():
-    assert "inexact-test" not in decodekit.list_strategies()
-
-
 def test_the_pytest_plugin_is_installed_and_its_fixtures_work_in_one_line(tmp_path):
     test_file = tmp_path / "test_uses_fixtures.py"
     test_file.write_text(textwrap.dedent('''
@@ -124,6 +120,9 @@ def test_the_pytest_plugin_is_installed_and_its_fixtures_work_in_one_line(tmp_pa
             decodekit_register(Copy)
             assert_matches_greedy("copy-of-greedy")
 
+        def test_registered_strategies_are_removed_after_the_test():
+            assert "copy-of-greedy" not in decodekit.list_strategies()
+
         def test_tiny(decodekit_tiny_model):
             assert decodekit_tiny_model("gpt2").config.model_type == "gpt2"
     '''))
@@ -131,4 +130,4 @@ def test_the_pytest_plugin_is_installed_and_its_fixtures_work_in_one_line(tmp_pa
                            "--hypothesis-profile=dev", "--rootdir", str(tmp_path)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 passed" in done.stdout
+    assert "3 passed" in done.stdout
