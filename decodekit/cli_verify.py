@@ -201,6 +201,9 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="'default' (SmolLM2-135M-Instruct, offline) or a local HuggingFace model folder "
                              "(default: default, or the golden file's with --check)")
+    parser.add_argument("--draft-model", default=None, metavar="MODEL",
+                        help="for strategies that need a draft model: 'default' or a local model folder "
+                             "with the same vocabulary (loaded in the same dtype)")
     parser.add_argument("--questions", type=Path, default=None,
                         help=f"Spec-Bench style JSONL (question_id, category, turns); default: ${SPEC_BENCH_ENV}, "
                              f"else ../shared/data/spec_bench/question.jsonl beside the repository")
@@ -250,6 +253,11 @@ def run_verify(args: argparse.Namespace) -> int:
     if not info.capabilities.exact:
         raise InputError(f"strategy {args.strategy!r} is not declared exact (capabilities.exact=False); "
                          f"verify checks that a strategy's output equals greedy")
+    if info.capabilities.needs_draft_model and args.draft_model is None:
+        raise InputError(f"strategy {args.strategy!r} needs a draft model; pass --draft-model default "
+                         f"or --draft-model PATH (a model with the same vocabulary)")
+    if args.draft_model is not None and not info.capabilities.needs_draft_model:
+        raise InputError(f"--draft-model was given but strategy {args.strategy!r} does not use a draft model")
     for flag, value in (("--per-category", args.per_category), ("--limit", args.limit)):
         if value is not None and value < 1:
             raise InputError(f"{flag} must be >= 1, got {value}")
@@ -268,6 +276,8 @@ def run_verify(args: argparse.Namespace) -> int:
     print(f"verify {label} against greedy: {len(rows)} prompts, model {model_spec} ({dtype}), "
           f"max_new_tokens {max_new_tokens}" + (f", golden {args.check}" if args.check else ""), flush=True)
     model, tokenizer = load_model(model_spec, dtype)
+    if args.draft_model is not None:
+        params = {**params, "draft_model": load_model(args.draft_model, dtype)[0]}
     records = []
     counts = {"identical": 0, "near-tie": 0, "mismatch": 0}
     for row in rows:

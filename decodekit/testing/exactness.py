@@ -73,8 +73,11 @@ class Comparison:
 
 def compare_with_greedy(model: Any, input_ids: torch.Tensor | Sequence[int], strategy: str,
                         params: Mapping[str, Any] | None = None, *, max_new_tokens: int = 16,
-                        eos_token_id: int | Iterable[int] | None = None) -> Comparison:
-    """Decode one prompt with greedy and with `strategy` (same model, same stop rule) and compare them."""
+                        eos_token_id: int | Iterable[int] | None = None, draft_model: Any = None) -> Comparison:
+    """Decode one prompt with greedy and with `strategy` (same model, same stop rule) and compare them.
+
+    draft_model is passed to the strategy only (for strategies that need one).
+    """
     import decodekit
 
     params = dict(params or {})
@@ -82,22 +85,32 @@ def compare_with_greedy(model: Any, input_ids: torch.Tensor | Sequence[int], str
     ids = ids[None] if ids.dim() == 1 else ids  # (1, T)
     kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=eos_token_id)
     greedy = decodekit.generate(model, ids, "greedy", **kwargs)
-    output = decodekit.generate(model, ids, strategy, **kwargs, **params)
+    extra = {"draft_model": draft_model} if draft_model is not None else {}
+    output = decodekit.generate(model, ids, strategy, **kwargs, **extra, **params)
     n = ids.shape[1]
     return Comparison(strategy=strategy, params=params, prompt_length=n,
                       greedy=tuple(greedy.sequences[0, n:].tolist()), output=tuple(output.sequences[0, n:].tolist()))
 
 
 def check_case(strategy: str, params: Mapping[str, Any], case: GenerationCase) -> Comparison:
-    """Run one drawn case; FromOutput eos choices are resolved against an eos-free greedy run first."""
+    """Run one drawn case; FromOutput eos choices are resolved against an eos-free greedy run first.
+
+    A strategy whose capabilities say needs_draft_model gets the case's draft model (default: the
+    target model itself).
+    """
+    from decodekit.plugins.manager import get_registry
+
     model = case.model.build()
+    draft_model = None
+    if get_registry().get(strategy).capabilities.needs_draft_model:
+        draft_model = (case.draft or case.model).build()
     eos = case.eos
     if isinstance(eos, FromOutput):
         free = compare_with_greedy(model, case.prompt, "greedy", max_new_tokens=case.max_new_tokens, eos_token_id=[])
         eos = eos.resolve(free.greedy)
         eos = [] if eos is None else eos
     return compare_with_greedy(model, case.prompt, strategy, params, max_new_tokens=case.max_new_tokens,
-                               eos_token_id=eos)
+                               eos_token_id=eos, draft_model=draft_model)
 
 
 def assert_matches_greedy(strategy: str, /, *, cases: Any = None, hypothesis_settings: Any = None,
@@ -125,7 +138,9 @@ def assert_matches_greedy(strategy: str, /, *, cases: Any = None, hypothesis_set
     def matches_greedy(case: GenerationCase) -> None:
         comparison = check_case(strategy, params, case)
         if not comparison.identical:
-            raise AssertionError(f"{comparison.describe()}\n  model: {case.model}; prompt ({len(case.prompt)} "
+            uses_draft = registry.get(strategy).capabilities.needs_draft_model
+            draft = f"; draft model: {case.draft or case.model}" if uses_draft else ""
+            raise AssertionError(f"{comparison.describe()}\n  model: {case.model}{draft}; prompt ({len(case.prompt)} "
                                  f"tokens): {list(case.prompt)}; eos: {case.eos!r}; "
                                  f"max_new_tokens: {case.max_new_tokens}")
 

@@ -67,6 +67,9 @@ class GenerationCase:
     prompt: tuple[int, ...]
     eos: Any  # None (the model's own eos, token 2), [] (never stop), an id, a list of ids, or FromOutput
     max_new_tokens: int
+    # The draft model, for strategies whose capabilities say needs_draft_model: the target itself
+    # (every draft accepted) or another tiny model with the same vocabulary (many rejected).
+    draft: TinyModelConfig | None = None
 
 
 def tiny_model_configs(architectures: Sequence[str] = ARCHITECTURES, seeds: Sequence[int] = (0, 1),
@@ -135,11 +138,15 @@ def generation_cases(draw: st.DrawFn, models: st.SearchStrategy[TinyModelConfig]
     """Whole cases: a tiny model, a prompt in its vocabulary, an eos choice and max_new_tokens (1 to 32).
 
     Each keyword replaces the default strategy for that part (prompt and eos default to the drawn
-    model's vocabulary).
+    model's vocabulary). The case also carries a draft model config (the target itself, or a tiny
+    model of the same architecture and vocabulary with another seed), used only by strategies that
+    need a draft model.
     """
     model = draw(models if models is not None else tiny_model_configs())
+    draft = draw(st.sampled_from([model, attrs.evolve(model, seed=model.seed + 10), attrs.evolve(model, seed=model.seed + 11)]))
     return GenerationCase(
         model=model,
+        draft=draft,
         prompt=tuple(draw(prompt if prompt is not None else prompts(model.vocab_size))),
         eos=draw(eos if eos is not None else eos_choices(model.vocab_size)),
         max_new_tokens=draw(max_new_tokens if max_new_tokens is not None else _MAX_NEW_TOKENS),

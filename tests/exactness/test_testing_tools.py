@@ -131,3 +131,20 @@ def test_the_pytest_plugin_is_installed_and_its_fixtures_work_in_one_line(tmp_pa
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "3 passed" in done.stdout
+
+
+def test_strategies_that_need_a_draft_model_get_one(decodekit_register):
+    seen = []
+
+    class NeedsDraft(decodekit.Decoder):
+        name = "needs-draft-test"
+        capabilities = decodekit.Capabilities(exact=True, needs_draft_model=True)
+
+        def step(self, state):
+            seen.append(state.draft.model)
+            logits = state.forward([state.pending], logits_to_keep=1)
+            return [int(state.choose(logits[-1]))]
+
+    decodekit_register(NeedsDraft)
+    assert_matches_greedy("needs-draft-test", hypothesis_settings=settings(max_examples=15, database=None))
+    assert seen and all(m.config.vocab_size in (dks.VOCAB_SIZE, dks.SMALL_VOCAB_SIZE) for m in seen)

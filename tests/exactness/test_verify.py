@@ -117,3 +117,20 @@ def test_a_model_that_is_neither_default_nor_a_model_folder_is_refused(tmp_path,
     assert rc == 2
     assert f"--model must be 'default' or a local HuggingFace model folder (with config.json), got {str(tmp_path)!r}" \
         in capsys.readouterr().err
+
+
+def test_draft_model_flag_matches_the_strategys_needs(questions, capsys, decodekit_register):
+    import decodekit
+
+    class NeedsDraft(decodekit.Decoder):
+        name = "needs-draft-cli-test"
+        capabilities = decodekit.Capabilities(exact=True, needs_draft_model=True)
+
+        def step(self, state):
+            return []
+
+    decodekit_register(NeedsDraft)
+    assert main(["verify", "--strategy", "needs-draft-cli-test", "--questions", str(questions)]) == 2
+    assert "strategy 'needs-draft-cli-test' needs a draft model; pass --draft-model default" in capsys.readouterr().err
+    assert main(["verify", "--strategy", "greedy", "--questions", str(questions), "--draft-model", "default"]) == 2
+    assert "--draft-model was given but strategy 'greedy' does not use a draft model" in capsys.readouterr().err
