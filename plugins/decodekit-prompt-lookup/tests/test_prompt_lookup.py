@@ -23,6 +23,7 @@ def test_it_is_registered_through_the_entry_point():
     {},
     {"max_ngram": 1, "min_ngram": 1, "num_pred_tokens": 1},
     {"max_ngram": 2, "num_pred_tokens": 3},
+    {"min_ngram": 1},
     {"max_ngram": 4, "min_ngram": 2, "num_pred_tokens": 20},
 ])
 def test_output_equals_greedy(assert_matches_greedy, params):
@@ -71,6 +72,7 @@ def test_drafts_are_accepted_when_the_output_repeats(decodekit_tiny_model):
     ({"max_ngram": 0}, "prompt-lookup: max_ngram must be >= 1, got 0"),
     ({"num_pred_tokens": 1000}, "prompt-lookup: num_pred_tokens must be <= 256, got 1000"),
     ({"max_ngram": 2, "min_ngram": 3}, "prompt-lookup: min_ngram must be <= max_ngram (2), got 3"),
+    ({"max_ngram": 1}, "prompt-lookup: min_ngram must be <= max_ngram (1), got 2; lower min_ngram as well"),
     ({"max_ngram": 2.5}, "prompt-lookup: max_ngram must be an integer, got 2.5"),
     ({"max_ngrams": 2}, "unknown parameter 'max_ngrams' for 'prompt-lookup'; did you mean 'max_ngram'?"),
 ])

@@ -56,12 +56,13 @@ class PromptLookup(decodekit.Decoder):
     @attrs.frozen(kw_only=True)
     class Params:
         max_ngram: int = decodekit.param(3, ge=1, le=64, help="longest n-gram of the last tokens to look up")
-        min_ngram: int = decodekit.param(1, ge=1, le=64, help="shortest n-gram tried before drafting nothing")
+        min_ngram: int = decodekit.param(2, ge=1, le=64, help="shortest n-gram tried before drafting nothing")
         num_pred_tokens: int = decodekit.param(10, ge=1, le=256, help="tokens drafted after a match (at most)")
 
         def __attrs_post_init__(self) -> None:
             if self.min_ngram > self.max_ngram:
-                raise ValueError(f"min_ngram must be <= max_ngram ({self.max_ngram}), got {self.min_ngram}")
+                raise ValueError(f"min_ngram must be <= max_ngram ({self.max_ngram}), got {self.min_ngram}; "
+                                 f"lower min_ngram as well")
 
     def propose(self, state: decodekit.DecodeState) -> list[int]:
         """Draft from the committed tokens; never more than can still be committed after the bonus token."""
