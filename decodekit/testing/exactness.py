@@ -44,6 +44,7 @@ class Comparison:
     greedy: tuple[int, ...]
     output: tuple[int, ...]
     prompt_length: int
+    eos_token_id: Any = None  # what both runs were given
 
     @property
     def position(self) -> int | None:
@@ -88,7 +89,7 @@ def compare_with_greedy(model: Any, input_ids: torch.Tensor | Sequence[int], str
     extra = {"draft_model": draft_model} if draft_model is not None else {}
     output = decodekit.generate(model, ids, strategy, **kwargs, **extra, **params)
     n = ids.shape[1]
-    return Comparison(strategy=strategy, params=params, prompt_length=n,
+    return Comparison(strategy=strategy, params=params, prompt_length=n, eos_token_id=eos_token_id,
                       greedy=tuple(greedy.sequences[0, n:].tolist()), output=tuple(output.sequences[0, n:].tolist()))
 
 
@@ -123,7 +124,7 @@ def assert_matches_greedy(strategy: str, /, *, cases: Any = None, hypothesis_set
     On failure raises AssertionError naming the first differing new token, both tokens, their context,
     the model, the prompt and the eos choice (Hypothesis shrinks the case first).
     """
-    from hypothesis import given, settings
+    from hypothesis import given
 
     from decodekit.errors import DecodekitError
     from decodekit.plugins.manager import get_registry
@@ -140,9 +141,9 @@ def assert_matches_greedy(strategy: str, /, *, cases: Any = None, hypothesis_set
         if not comparison.identical:
             uses_draft = registry.get(strategy).capabilities.needs_draft_model
             draft = f"; draft model: {case.draft or case.model}" if uses_draft else ""
+            eos = f"{case.eos!r}" + (f" = {comparison.eos_token_id!r}" if isinstance(case.eos, FromOutput) else "")
             raise AssertionError(f"{comparison.describe()}\n  model: {case.model}{draft}; prompt ({len(case.prompt)} "
-                                 f"tokens): {list(case.prompt)}; eos: {case.eos!r}; "
-                                 f"max_new_tokens: {case.max_new_tokens}")
+                                 f"tokens): {list(case.prompt)}; eos: {eos}; max_new_tokens: {case.max_new_tokens}")
 
     if hypothesis_settings is not None:
         matches_greedy = hypothesis_settings(matches_greedy)
