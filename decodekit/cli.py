@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "generate": ("decodekit.cli_generate", "generate text on the default model, streaming it"),
     "strategies": ("decodekit.cli_generate", "list every registered strategy with its parameters"),
     "bench": ("decodekit.cli_bench", "benchmark every method side by side on Spec-Bench prompts"),
+    "verify": ("decodekit.cli_verify", "check on real prompts that a strategy's output equals greedy decoding"),
 }
 
 

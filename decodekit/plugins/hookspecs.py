@@ -23,15 +23,21 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def decodekit_register_strategies(register: Callable[[type["Decoder"]], None]) -> None:
+def decodekit_register_strategies(register: Callable[[type[Decoder]], None]) -> None:
     """Register decoding strategies.
 
-    When: once, the first time decodekit needs its strategy registry (the first generate(),
-    list_strategies() or CLI command of a process), for every plugin that is loaded.
+    When: once per process, the first time decodekit needs its strategy registry (the first
+    generate(), list_strategies() or CLI command), for every loaded plugin in turn: the built-in
+    strategies (plugin `decodekit.strategies`) first, then the installed plugins in entry-point
+    order. The registry is then cached; `decodekit.plugins.manager.get_registry.cache_clear()`
+    rebuilds it, calling the hook again.
 
     register: call it once per strategy with a `decodekit.Decoder` subclass. The class's `name`
-    (unique across all plugins; a duplicate is refused), `capabilities` and `Params` are read then.
+    (unique across all plugins), `capabilities` (a `decodekit.Capabilities`) and `Params` (an attrs
+    class, `decodekit.param` fields) are checked then; a duplicate name or an invalid class makes
+    `register` raise `decodekit.errors.PluginError`.
 
-    Returns nothing. An exception raised here is reported with the plugin's name, and that plugin's
-    strategies are left out; decodekit and the other plugins keep working.
+    Returns nothing (a return value is ignored). An exception raised here, by the plugin or by
+    `register`, is reported in a warning naming the plugin, and all of that plugin's strategies are
+    left out; decodekit and the other plugins keep working (`decodekit strategies` lists the failure).
     """

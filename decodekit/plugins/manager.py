@@ -9,6 +9,7 @@ The built-in strategies always load: they register through the same hook as plug
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import warnings
@@ -17,10 +18,12 @@ from importlib.metadata import entry_points
 import pluggy
 
 from decodekit.core.registry import Registry
+from decodekit.errors import PluginError
 from decodekit.plugins import hookspecs
 
 ENTRY_POINT_GROUP = "decodekit"
 BUILTIN_PLUGIN = "decodekit.strategies"
+PREFIX = "decodekit_"
 
 
 def _names(variable: str) -> set[str] | None:
@@ -38,8 +41,32 @@ def _wanted(name: str) -> bool:
     return selected is None or name in selected
 
 
+def hook_names() -> list[str]:
+    """The names of every hook decodekit specifies (the functions in decodekit.plugins.hookspecs)."""
+    return sorted(name for name in dir(hookspecs) if name.startswith(PREFIX) and callable(getattr(hookspecs, name)))
+
+
+def _unknown_hook_error(pm: pluggy.PluginManager, exc: pluggy.PluginValidationError) -> PluginError:
+    name = pm.get_name(exc.plugin) or repr(exc.plugin)
+    bad = [attr for attr in dir(exc.plugin) if attr.startswith(PREFIX) and attr not in hook_names()
+           and pm.parse_hookimpl_opts(exc.plugin, attr) is not None]
+    hints = []
+    for attr in bad:
+        close = difflib.get_close_matches(attr, hook_names(), n=1)
+        hints.append(f"{attr!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    what = ", ".join(hints) if hints else str(exc)
+    return PluginError(f"decodekit plugin {name!r} implements unknown hook {what}; "
+                       f"the hooks are: {', '.join(hook_names())}")
+
+
 def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
-    """A new plugin manager with decodekit's hookspecs, the built-ins and the installed plugins."""
+    """A new plugin manager with decodekit's hookspecs, the built-ins and the installed plugins.
+
+    Installed plugins are the entry points of the group `decodekit`, filtered by the environment
+    switches above. A plugin that fails to import is skipped with a warning naming it. A plugin with
+    a hook implementation that matches no hookspec (a misspelt name) or has a parameter the hookspec
+    lacks raises PluginError naming the plugin and the hook: that is a bug to fix, not to skip.
+    """
     from decodekit import strategies
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -55,8 +82,14 @@ def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
                 warnings.warn(f"decodekit plugin {ep.name!r} ({ep.value}) failed to import and is skipped: {exc!r}",
                               stacklevel=2)
                 continue
-            pm.register(plugin, name=ep.name)
-    pm.check_pending()  # a misspelt hook implementation fails here, loudly
+            try:
+                pm.register(plugin, name=ep.name)
+            except pluggy.PluginValidationError as exc:  # a hookimpl whose parameters the hookspec lacks
+                raise PluginError(f"decodekit plugin {ep.name!r} ({ep.value}): {exc}") from exc
+    try:
+        pm.check_pending()  # a misspelt hook implementation fails here, loudly
+    except pluggy.PluginValidationError as exc:
+        raise _unknown_hook_error(pm, exc) from exc
     return pm
 
 

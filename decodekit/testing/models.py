@@ -33,7 +33,7 @@ def _config(arch: str, vocab_size: int, hidden: int, layers: int, init: float, a
     raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=128)  # tiny models are a few hundred KB each
 def _build(arch: str, seed: int, vocab_size: int, hidden: int, layers: int, init: float, attn: str,
            dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM

@@ -1,0 +1,308 @@
+"""`decodekit verify`: is a strategy exact on real prompts? The regression suite behind plugins and CI.
+
+For every prompt it decodes greedily and with the strategy, then reports "identical" or the first
+differing new token, with greedy's top-2 logit margin there:
+
+- a *near-tie*: the margin is below NEAR_TIE_MARGIN[dtype]. Greedy's two best tokens are so close
+  that a different (equally correct) order of floating-point additions, as in a multi-token forward,
+  can swap them. Reported, but not a failure.
+- a *real mismatch*: the margin is at least that. No rounding explains it: the strategy is wrong.
+
+--record FILE writes the greedy outputs (golden outputs, one JSON line per prompt, with the prompt's
+token ids) while verifying; --check FILE later verifies a strategy against them without running
+greedy again, so a CI job catches a change in exactness (or in greedy itself, which shows as
+mismatches for every strategy). Exit status: 0 when no prompt has a real mismatch, 1 otherwise,
+2 for a bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from decodekit.cli import parse_strategy_params
+
+# Below this greedy top-2 logit margin a first difference counts as a numerical near-tie. The values
+# are a few times the logit error a reordered reduction causes in a ~100M-parameter model at that
+# precision (a few units in the last place of logits of magnitude ~10-30).
+NEAR_TIE_MARGIN = {"float64": 1e-6, "float32": 1e-3, "float16": 5e-2, "bfloat16": 2.5e-1}
+SPEC_BENCH_ENV = "DECODEKIT_SPEC_BENCH"
+DEFAULT_MAX_NEW_TOKENS = 64
+
+
+def default_questions_path() -> Path:
+    """$DECODEKIT_SPEC_BENCH, else ../shared/data/spec_bench/question.jsonl beside the repository root."""
+    override = os.environ.get(SPEC_BENCH_ENV)
+    if override:
+        return Path(override)
+    repo_root = Path(__file__).resolve().parent.parent
+    return repo_root.parent / "shared" / "data" / "spec_bench" / "question.jsonl"
+
+
+@attrs.frozen(kw_only=True)
+class Prompt:
+    question_id: Any
+    category: str
+    text: str | None = None
+    input_ids: tuple[int, ...] | None = None  # known when read from a golden file
+    golden: tuple[int, ...] | None = None  # greedy's new tokens, from a golden file
+
+
+def select(rows: list[Prompt], per_category: int | None, limit: int | None) -> list[Prompt]:
+    """The first `per_category` rows of each category (in file order), or the first `limit` rows."""
+    if limit is not None:
+        return rows[:limit]
+    counts: dict[str, int] = {}
+    out = []
+    for row in rows:
+        counts[row.category] = counts.get(row.category, 0) + 1
+        if counts[row.category] <= per_category:
+            out.append(row)
+    return out
+
+
+def _read_jsonl(path: Path, what: str) -> list[dict]:
+    from decodekit.errors import InputError
+
+    if not path.is_file():
+        hint = f" (or set {SPEC_BENCH_ENV})" if what == "questions" else ""
+        raise InputError(f"{what} file {str(path)!r} does not exist; pass an existing file{hint}")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{number} is not a JSON line: {exc}") from None
+    return rows
+
+
+def load_questions(path: Path) -> list[Prompt]:
+    """Spec-Bench rows (question_id, category, turns): the first turn of each is the prompt."""
+    from decodekit.errors import InputError
+
+    out = []
+    for number, row in enumerate(_read_jsonl(path, "questions"), 1):
+        turns = row.get("turns")
+        if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
+            raise InputError(f"{path}:{number} needs 'turns', a non-empty list of strings, got {turns!r}")
+        out.append(Prompt(question_id=row.get("question_id", number), category=str(row.get("category", "-")),
+                          text=turns[0]))
+    return out
+
+
+def load_golden(path: Path) -> tuple[list[Prompt], dict[str, Any]]:
+    """Golden records -> prompts with their token ids and greedy outputs, and the settings they share."""
+    from decodekit.errors import InputError
+
+    records = _read_jsonl(path, "golden")
+    if not records:
+        raise InputError(f"golden file {str(path)!r} holds no records; write one with --record")
+    settings = {k: records[0].get(k) for k in ("model", "dtype", "max_new_tokens")}
+    prompts = []
+    for number, record in enumerate(records, 1):
+        for key, value in settings.items():
+            if record.get(key) != value:
+                raise InputError(f"{path}:{number} has {key}={record.get(key)!r} but line 1 has {value!r}; "
+                                 f"a golden file holds one model, dtype and max_new_tokens")
+        prompts.append(Prompt(question_id=record["question_id"], category=record["category"],
+                              input_ids=tuple(record["input_ids"]), golden=tuple(record["greedy"])))
+    return prompts, settings
+
+
+@functools.lru_cache(maxsize=2)
+def load_model(spec: str, dtype: str) -> tuple[Any, Any]:
+    """`default` (the offline default model) or a local HuggingFace model folder -> (model, tokenizer)."""
+    import decodekit
+    from decodekit.errors import InputError
+
+    if spec == "default":
+        return decodekit.models.load_default(dtype)
+    path = Path(spec)
+    if not (path / "config.json").is_file():
+        raise InputError(f"--model must be 'default' or a local HuggingFace model folder (with config.json), got {spec!r}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = decodekit.models.resolve_dtype(dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, attn_implementation="sdpa").eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return model, tokenizer
+
+
+def encode(tokenizer: Any, text: str) -> torch.Tensor:
+    """A prompt through the chat template when the tokenizer has one, else as plain text -> (1, T)."""
+    import decodekit
+
+    if getattr(tokenizer, "chat_template", None):
+        return decodekit.models.chat_ids(tokenizer, text)
+    return torch.tensor([tokenizer(text)["input_ids"]], dtype=torch.long)  # (1, T)
+
+
+def top2_margin(model: Any, prefix: list[int]) -> float:
+    """Greedy's top-2 logit margin after `prefix`: logit of the best token minus the second best."""
+    from decodekit.core.backend import HFBackend
+
+    backend = HFBackend.for_model(model)
+    ids = torch.tensor(prefix, dtype=torch.long)  # (L,)
+    with torch.inference_mode():
+        logits = backend.forward(ids, torch.arange(ids.shape[0]), backend.new_cache(), None, logits_to_keep=1)  # (1, V)
+    top = logits[-1].double().topk(2).values  # (2,)
+    return float(top[0] - top[1])
+
+
+@attrs.frozen(kw_only=True)
+class Verdict:
+    """One prompt's outcome: status is 'identical', 'near-tie' or 'mismatch'."""
+
+    status: str
+    position: int | None = None
+    greedy_token: int | None = None
+    strategy_token: int | None = None
+    margin: float | None = None
+    text: str = ""
+
+
+def judge(model: Any, tokenizer: Any, dtype: str, prompt_ids: list[int], greedy: list[int], output: list[int],
+          threshold: float) -> Verdict:
+    """Compare the strategy's new tokens with greedy's; at the first difference, measure greedy's margin."""
+    from decodekit.testing.exactness import first_difference
+
+    at = first_difference(greedy, output)
+    if at is None:
+        return Verdict(status="identical", text=f"identical ({len(greedy)} new tokens)")
+
+    def shown(tokens: list[int]) -> str:
+        if at >= len(tokens):
+            return f"<stopped after {len(tokens)} tokens>"
+        return f"{tokens[at]} {tokenizer.decode([tokens[at]])!r}" if tokenizer is not None else str(tokens[at])
+
+    where = f"differs at new token {at}: greedy {shown(greedy)}, strategy {shown(output)}"
+    if at >= len(greedy) or at >= len(output):
+        return Verdict(status="mismatch", position=at, text=f"{where}; one output stopped early: REAL MISMATCH")
+    margin = top2_margin(model, prompt_ids + greedy[:at])
+    near = margin < threshold
+    verdict = (f"{where}; greedy top-2 margin {margin:.3g} {'<' if near else '>='} {threshold:g} ({dtype}): "
+               + ("near-tie" if near else "REAL MISMATCH"))
+    return Verdict(status="near-tie" if near else "mismatch", position=at, greedy_token=greedy[at],
+                   strategy_token=output[at], margin=margin, text=verdict)
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("params", nargs="*", metavar="KEY=VALUE", help="strategy parameters, e.g. max_ngram=2")
+    parser.add_argument("--strategy", required=True, help="a name from `decodekit strategies`")
+    parser.add_argument("--model", default=None,
+                        help="'default' (SmolLM2-135M-Instruct, offline) or a local HuggingFace model folder "
+                             "(default: default, or the golden file's with --check)")
+    parser.add_argument("--draft-model", default=None, metavar="MODEL",
+                        help="for strategies that need a draft model: 'default' or a local model folder "
+                             "with the same vocabulary (loaded in the same dtype)")
+    parser.add_argument("--questions", type=Path, default=None,
+                        help=f"Spec-Bench style JSONL (question_id, category, turns); default: ${SPEC_BENCH_ENV}, "
+                             f"else ../shared/data/spec_bench/question.jsonl beside the repository")
+    choose = parser.add_mutually_exclusive_group()
+    choose.add_argument("--per-category", type=int, metavar="K", help="the first K prompts of each category (default: 1)")
+    choose.add_argument("--limit", type=int, metavar="N", help="the first N prompts of the file")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help=f"default: {DEFAULT_MAX_NEW_TOKENS}, or the golden file's with --check")
+    parser.add_argument("--dtype", default=None, choices=sorted(NEAR_TIE_MARGIN),
+                        help="default: float32, or the golden file's with --check")
+    golden = parser.add_mutually_exclusive_group()
+    golden.add_argument("--record", type=Path, metavar="GOLDEN.jsonl", help="write greedy's outputs as golden outputs")
+    golden.add_argument("--check", type=Path, metavar="GOLDEN.jsonl",
+                        help="compare the strategy with golden outputs written by --record (greedy is not rerun)")
+
+
+def _settle(args: argparse.Namespace, golden: dict[str, Any] | None) -> tuple[str, str, int]:
+    """model, dtype and max_new_tokens: from the command line, else the golden file, else the defaults."""
+    from decodekit.errors import InputError
+
+    chosen = {"model": args.model, "dtype": args.dtype, "max_new_tokens": args.max_new_tokens}
+    defaults = {"model": "default", "dtype": "float32", "max_new_tokens": DEFAULT_MAX_NEW_TOKENS}
+    out = {}
+    for key, value in chosen.items():
+        if golden is not None:
+            if value is not None and value != golden[key]:
+                flag = "--" + key.replace("_", "-")
+                raise InputError(f"{flag} {value} differs from the golden file's {key} {golden[key]!r}; "
+                                 f"drop {flag} or record a new golden file")
+            value = golden[key]
+        out[key] = defaults[key] if value is None else value
+    if out["dtype"] not in NEAR_TIE_MARGIN:
+        raise InputError(f"dtype must be one of {', '.join(sorted(NEAR_TIE_MARGIN))}, got {out['dtype']!r}")
+    if not isinstance(out["max_new_tokens"], int) or out["max_new_tokens"] < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {out['max_new_tokens']!r}")
+    return out["model"], out["dtype"], out["max_new_tokens"]
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    import decodekit
+    from decodekit.errors import InputError
+    from decodekit.plugins.manager import get_registry
+
+    registry = get_registry()
+    info = registry.get(args.strategy)
+    params = parse_strategy_params(args.strategy, args.params)
+    if not info.capabilities.exact:
+        raise InputError(f"strategy {args.strategy!r} is not declared exact (capabilities.exact=False); "
+                         f"verify checks that a strategy's output equals greedy")
+    if info.capabilities.needs_draft_model and args.draft_model is None:
+        raise InputError(f"strategy {args.strategy!r} needs a draft model; pass --draft-model default "
+                         f"or --draft-model PATH (a model with the same vocabulary)")
+    if args.draft_model is not None and not info.capabilities.needs_draft_model:
+        raise InputError(f"--draft-model was given but strategy {args.strategy!r} does not use a draft model")
+    for flag, value in (("--per-category", args.per_category), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be >= 1, got {value}")
+    if args.check is not None:
+        if args.questions is not None:
+            raise InputError("--check takes its prompts from the golden file; drop --questions")
+        rows, golden = load_golden(args.check)
+    else:
+        rows, golden = load_questions(args.questions or default_questions_path()), None
+    rows = select(rows, args.per_category if args.per_category is not None else 1 if args.limit is None else None,
+                  args.limit)
+    model_spec, dtype, max_new_tokens = _settle(args, golden)
+    threshold = NEAR_TIE_MARGIN[dtype]
+
+    label = args.strategy + (" " + " ".join(args.params) if args.params else "")
+    print(f"verify {label} against greedy: {len(rows)} prompts, model {model_spec} ({dtype}), "
+          f"max_new_tokens {max_new_tokens}" + (f", golden {args.check}" if args.check else ""), flush=True)
+    model, tokenizer = load_model(model_spec, dtype)
+    if args.draft_model is not None:
+        params = {**params, "draft_model": load_model(args.draft_model, dtype)[0]}
+    records = []
+    counts = {"identical": 0, "near-tie": 0, "mismatch": 0}
+    for row in rows:
+        ids = torch.tensor([row.input_ids], dtype=torch.long) if row.input_ids is not None else encode(tokenizer, row.text)
+        n = ids.shape[1]
+        if row.golden is not None:
+            greedy = list(row.golden)
+        else:
+            greedy = decodekit.generate(model, ids, "greedy", max_new_tokens=max_new_tokens).sequences[0, n:].tolist()
+        out = decodekit.generate(model, ids, args.strategy, max_new_tokens=max_new_tokens, **params)
+        output = out.sequences[0, n:].tolist()
+        verdict = judge(model, tokenizer, dtype, ids[0].tolist(), greedy, output, threshold)
+        counts[verdict.status] += 1
+        tag = {"identical": "ok", "near-tie": "near-tie", "mismatch": "MISMATCH"}[verdict.status]
+        print(f"{tag:<9} q{row.question_id} {row.category:<15} {verdict.text}; "
+              f"{out.stats.mean_accepted:.2f} tokens/step", flush=True)
+        records.append({"question_id": row.question_id, "category": row.category, "model": model_spec,
+                        "dtype": dtype, "max_new_tokens": max_new_tokens, "input_ids": ids[0].tolist(),
+                        "greedy": greedy})
+    if args.record is not None:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        print(f"wrote {len(records)} golden outputs (greedy) to {args.record}")
+    print(f"{len(rows)} prompts: {counts['identical']} identical, {counts['near-tie']} near-ties, "
+          f"{counts['mismatch']} real mismatches (near-tie: greedy top-2 logit margin < {threshold:g} in {dtype} "
+          f"at the first differing token)")
+    return 1 if counts["mismatch"] else 0
+

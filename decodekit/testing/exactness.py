@@ -1,0 +1,150 @@
+"""Exactness checks: "this strategy's output equals greedy decoding's", token for token.
+
+compare_with_greedy() runs one case and says where the outputs part; assert_matches_greedy() runs
+the property over Hypothesis-drawn cases (tiny models of several architectures, repetitive and random
+prompts, eos choices) for any registered strategy, and fails with the first differing position.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import attrs
+import torch
+
+from decodekit.testing.strategies import FromOutput, GenerationCase, generation_cases
+
+
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """The first index where a and b differ (a length difference counts), or None if they are equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _window(tokens: Sequence[int], at: int, width: int = 6) -> str:
+    lo = max(0, at - width)
+    shown = [str(t) for t in tokens[lo:at + width]]
+    if at - lo < len(shown):
+        shown[at - lo] = f"[{shown[at - lo]}]"
+    return ("... " if lo else "") + " ".join(shown) + (" ..." if at + width < len(tokens) else "")
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in params.items())
+
+
+@attrs.frozen(kw_only=True)
+class Comparison:
+    """The outcome of one strategy-vs-greedy run: the new tokens of both and where they part."""
+
+    strategy: str
+    params: Mapping[str, Any]
+    greedy: tuple[int, ...]
+    output: tuple[int, ...]
+    prompt_length: int
+    eos_token_id: Any = None  # what both runs were given
+
+    @property
+    def position(self) -> int | None:
+        """Index (among the new tokens) of the first difference, or None when identical."""
+        return first_difference(self.greedy, self.output)
+
+    @property
+    def identical(self) -> bool:
+        return self.position is None
+
+    def describe(self) -> str:
+        """One paragraph: identical, or the first differing position with both tokens and their context."""
+        label = self.strategy + (f"({_params_text(self.params)})" if self.params else "")
+        at = self.position
+        if at is None:
+            return f"{label} equals greedy ({len(self.greedy)} new tokens)"
+
+        def token(seq: tuple[int, ...]) -> str:
+            return str(seq[at]) if at < len(seq) else f"<end: stopped after {len(seq)} tokens>"
+
+        width = max(len("greedy"), len(self.strategy)) + 1
+        return (f"{label} differs from greedy at new token {at} (sequence position {self.prompt_length + at}): "
+                f"greedy {token(self.greedy)}, {self.strategy} {token(self.output)}\n"
+                f"  {'greedy:':<{width}} {_window(self.greedy, at)}\n"
+                f"  {self.strategy + ':':<{width}} {_window(self.output, at)}")
+
+
+def compare_with_greedy(model: Any, input_ids: torch.Tensor | Sequence[int], strategy: str,
+                        params: Mapping[str, Any] | None = None, *, max_new_tokens: int = 16,
+                        eos_token_id: int | Iterable[int] | None = None, draft_model: Any = None) -> Comparison:
+    """Decode one prompt with greedy and with `strategy` (same model, same stop rule) and compare them.
+
+    draft_model is passed to the strategy only (for strategies that need one).
+    """
+    import decodekit
+
+    params = dict(params or {})
+    ids = torch.as_tensor(input_ids, dtype=torch.long)
+    ids = ids[None] if ids.dim() == 1 else ids  # (1, T)
+    kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=eos_token_id)
+    greedy = decodekit.generate(model, ids, "greedy", **kwargs)
+    extra = {"draft_model": draft_model} if draft_model is not None else {}
+    output = decodekit.generate(model, ids, strategy, **kwargs, **extra, **params)
+    n = ids.shape[1]
+    return Comparison(strategy=strategy, params=params, prompt_length=n, eos_token_id=eos_token_id,
+                      greedy=tuple(greedy.sequences[0, n:].tolist()), output=tuple(output.sequences[0, n:].tolist()))
+
+
+def check_case(strategy: str, params: Mapping[str, Any], case: GenerationCase) -> Comparison:
+    """Run one drawn case; FromOutput eos choices are resolved against an eos-free greedy run first.
+
+    A strategy whose capabilities say needs_draft_model gets the case's draft model (default: the
+    target model itself).
+    """
+    from decodekit.plugins.manager import get_registry
+
+    model = case.model.build()
+    draft_model = None
+    if get_registry().get(strategy).capabilities.needs_draft_model:
+        draft_model = (case.draft or case.model).build()
+    eos = case.eos
+    if isinstance(eos, FromOutput):
+        free = compare_with_greedy(model, case.prompt, "greedy", max_new_tokens=case.max_new_tokens, eos_token_id=[])
+        eos = eos.resolve(free.greedy)
+        eos = [] if eos is None else eos
+    return compare_with_greedy(model, case.prompt, strategy, params, max_new_tokens=case.max_new_tokens,
+                               eos_token_id=eos, draft_model=draft_model)
+
+
+def assert_matches_greedy(strategy: str, /, *, cases: Any = None, hypothesis_settings: Any = None,
+                          **params: Any) -> None:
+    """Assert, over many drawn cases, that `strategy` with `params` outputs exactly what greedy does.
+
+    strategy: a registered name (plugins included); params: its keyword parameters, validated first.
+    cases: a Hypothesis strategy of GenerationCase (default: decodekit.testing.strategies.generation_cases()).
+    hypothesis_settings: a hypothesis.settings (default: the loaded profile, e.g. `dev` or `ci`).
+    On failure raises AssertionError naming the first differing new token, both tokens, their context,
+    the model, the prompt and the eos choice (Hypothesis shrinks the case first).
+    """
+    from hypothesis import given
+
+    from decodekit.errors import DecodekitError
+    from decodekit.plugins.manager import get_registry
+
+    registry = get_registry()
+    registry.make_params(strategy, params)  # unknown name or bad parameter: raise now, not per example
+    if not registry.get(strategy).capabilities.exact:
+        raise DecodekitError(f"strategy {strategy!r} does not declare capabilities.exact=True; "
+                             f"its output is not expected to equal greedy")
+
+    @given(case=cases if cases is not None else generation_cases())
+    def matches_greedy(case: GenerationCase) -> None:
+        comparison = check_case(strategy, params, case)
+        if not comparison.identical:
+            uses_draft = registry.get(strategy).capabilities.needs_draft_model
+            draft = f"; draft model: {case.draft or case.model}" if uses_draft else ""
+            eos = f"{case.eos!r}" + (f" = {comparison.eos_token_id!r}" if isinstance(case.eos, FromOutput) else "")
+            raise AssertionError(f"{comparison.describe()}\n  model: {case.model}{draft}; prompt ({len(case.prompt)} "
+                                 f"tokens): {list(case.prompt)}; eos: {eos}; max_new_tokens: {case.max_new_tokens}")
+
+    if hypothesis_settings is not None:
+        matches_greedy = hypothesis_settings(matches_greedy)
+    matches_greedy()

@@ -1,0 +1,94 @@
+"""Prompt lookup decoding (Saxena, 2023): draft tokens by copying from the text itself.
+
+Outputs often repeat their input (summaries quote the article, code edits copy the code, answers
+reuse the question's words). So: take the last few tokens, find where that n-gram occurred before in
+prompt + output, and propose the tokens that followed it there as a draft. One forward pass over
+[pending, *draft] checks every drafted token at once; the longest prefix that greedy decoding would
+have produced is kept, plus the model's own next token (the "bonus"). Exact: every committed token is
+the argmax of the logits that greedy decoding would compute, given the same committed prefix.
+
+Only decodekit's public interface is used: decodekit.Decoder, decodekit.Capabilities,
+decodekit.param and the DecodeState handed to step() (forward, choose, kv.length, kv.rollback,
+tokens, pending, remaining).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+import torch
+
+import decodekit
+
+
+def find_draft(tokens: Sequence[int], *, max_ngram: int, min_ngram: int, num_pred_tokens: int) -> list[int]:
+    """The tokens that followed the longest recent earlier occurrence of the sequence's last n-gram.
+
+    Tries n = max_ngram, max_ngram - 1, ..., min_ngram and stops at the first n whose last-n-gram
+    occurred earlier. Among its earlier occurrences it takes the most recent one that is followed by
+    num_pred_tokens tokens; if none is followed by that many, the one followed by the most (the
+    oldest). Returns up to num_pred_tokens tokens, or [] when no n-gram matches.
+    """
+    seq = torch.as_tensor(list(tokens), dtype=torch.long)  # (L,)
+    length = int(seq.shape[0])
+    for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
+        suffix = seq[length - n:]  # (n,)
+        # window i is seq[i : i + n] for i + n <= L - 1: every earlier n-gram with a token after it
+        windows = seq[: length - 1].unfold(0, n, 1)  # (L - n, n)
+        starts = (windows == suffix).all(dim=1).nonzero().flatten()  # (M,) oldest first
+        if starts.numel() == 0:
+            continue
+        follow = torch.clamp(length - (starts + n), max=num_pred_tokens)  # (M,) tokens after each match
+        full = (follow == num_pred_tokens).nonzero().flatten()
+        pick = int(starts[full[-1]]) if full.numel() else int(starts[0])  # most recent full, else oldest
+        return seq[pick + n: pick + n + num_pred_tokens].tolist()
+    return []
+
+
+class PromptLookup(decodekit.Decoder):
+    """prompt-lookup: draft by n-gram lookup in prompt + output, verify in one pass; exact."""
+
+    name = "prompt-lookup"
+    description = "draft the continuation of the longest recent n-gram match in prompt + output, verify in one pass"
+    capabilities = decodekit.Capabilities(exact=True)
+
+    @attrs.frozen(kw_only=True)
+    class Params:
+        max_ngram: int = decodekit.param(3, ge=1, le=64, help="longest n-gram of the last tokens to look up")
+        min_ngram: int = decodekit.param(2, ge=1, le=64, help="shortest n-gram tried before drafting nothing")
+        num_pred_tokens: int = decodekit.param(10, ge=1, le=256, help="tokens drafted after a match (at most)")
+
+        def __attrs_post_init__(self) -> None:
+            if self.min_ngram > self.max_ngram:
+                raise ValueError(f"min_ngram must be <= max_ngram ({self.max_ngram}), got {self.min_ngram}; "
+                                 f"lower min_ngram as well")
+
+    def propose(self, state: decodekit.DecodeState) -> list[int]:
+        """Draft from the committed tokens; never more than can still be committed after the bonus token."""
+        budget = min(self.params.num_pred_tokens, state.remaining - 1)
+        if budget <= 0:
+            return []
+        return find_draft(state.tokens, max_ngram=self.params.max_ngram, min_ngram=self.params.min_ngram,
+                          num_pred_tokens=budget)
+
+    @staticmethod
+    def verify(state: decodekit.DecodeState, draft: list[int], logits: torch.Tensor) -> tuple[int, int]:
+        """Greedy verification: how many drafted tokens the model agrees with, and its own next token.
+
+        Row i of logits follows [pending, draft[0..i-1]], so choice i is what greedy decoding would
+        emit there; draft[i] is accepted while it equals choice i.
+        """
+        choices = state.choose(logits)  # (T,) T = 1 + len(draft)
+        agree = torch.as_tensor(draft, dtype=torch.long) == choices[: len(draft)]  # (T - 1,)
+        accepted = int(agree.long().cumprod(dim=0).sum())  # length of the all-true prefix
+        return accepted, int(choices[accepted])
+
+    def step(self, state: decodekit.DecodeState) -> list[int]:
+        draft = self.propose(state)
+        start = state.kv.length  # the cache holds every committed token but `pending`
+        logits = state.forward([state.pending, *draft], layout=None)  # (T, V); the cache grows by T
+        accepted, bonus = self.verify(state, draft, logits)
+        # commit: keep pending and the accepted drafts' keys and values; drop the rejected ones
+        state.kv.rollback(start + accepted + 1)
+        return [*draft[:accepted], bonus]
