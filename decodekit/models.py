@@ -7,6 +7,7 @@ cache directory so that later loads take a few seconds. Nothing is fetched from 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -50,19 +51,28 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+CACHE_FORMAT = 2  # bump when the converted layout changes
+
+
 def _converted_dir(source: Path) -> Path:
-    stat = source.stat()
-    return cache_dir() / f"{DEFAULT_MODEL}-{stat.st_size}-{int(stat.st_mtime)}"
+    """A cache folder named for the file's content (size and a hash of its first MiB), not its path."""
+    with source.open("rb") as f:
+        digest = hashlib.sha256(f.read(1 << 20)).hexdigest()[:16]
+    return cache_dir() / f"{DEFAULT_MODEL}-v{CACHE_FORMAT}-{source.stat().st_size}-{digest}"
 
 
 def _convert(source: Path, target: Path) -> None:
     """De-quantize the GGUF once and keep config, weights and tokenizer as a regular HF folder."""
     from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     began = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
-    model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32)
+    # Unpacked into a plain dense model: decodekit measures the model, not a GGUF matmul kernel.
+    model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32,
+                                                 quantization_config=GgufConfig(gguf_file=source.name, dequantize=True))
+    if hasattr(model.config, "quantization_config"):  # the saved folder is a plain float32 checkpoint
+        del model.config.quantization_config
     partial = target.with_name(target.name + f".partial-{os.getpid()}")
     partial.mkdir(parents=True, exist_ok=True)
     # save_pretrained refuses GGUF-loaded models; config, tokenizer and a plain state dict do not.

@@ -39,6 +39,27 @@ def spec_bench_prompts(per_category: int = 1, limit: int | None = None) -> list[
     return out[:limit]
 
 
+def spread_prompts(count: int) -> list[tuple[str, str]]:
+    """`count` prompts taken round-robin over the categories (every category once before any twice)."""
+    by_category: dict[str, list[str]] = {}
+    for cat, prompt in spec_bench_prompts(per_category=10**6):
+        by_category.setdefault(cat, []).append(prompt)
+    out: list[tuple[str, str]] = []
+    for round_ in range(max((len(v) for v in by_category.values()), default=0)):
+        for cat, prompts in by_category.items():
+            if round_ < len(prompts) and len(out) < count:
+                out.append((cat, prompts[round_]))
+    return out
+
+
+def top2_margin(model, tokens: list[int]) -> float:
+    """The greedy top-2 logit margin for the token after `tokens` (one plain forward)."""
+    with torch.inference_mode():
+        logits = model(torch.tensor([tokens])).logits[0, -1].float()
+    top = logits.topk(2).values
+    return float(top[0] - top[1])
+
+
 def hf_greedy(model, ids: torch.Tensor, max_new_tokens: int, eos: int | list[int] | None) -> torch.Tensor:
     """model.generate(do_sample=False) with an explicit eos set (an empty list: none)."""
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
