@@ -187,3 +187,10 @@ def test_truncated_draft_refuses_a_bad_layer_count(layers):
 def test_truncated_draft_refuses_a_non_model():
     with pytest.raises(ModelNotSupportedError, match="PreTrainedModel"):
         truncated_draft(object(), layers=1)
+
+
+def test_cli_refuses_draft_layers_for_a_strategy_without_a_draft(capsys):
+    from decodekit.cli import main
+
+    assert main(["generate", "--strategy", "jacobi", "--draft-layers", "3", "hi"]) == 2
+    assert "--draft-layers was given but strategy 'jacobi' does not use a draft model" in capsys.readouterr().err
