@@ -10,7 +10,7 @@ import torch
 
 import decodekit
 from decodekit.errors import InputError, ModelNotSupportedError, StrategyParameterError
-from decodekit.strategies.speculative import Speculative, truncated_draft
+from decodekit.strategies.speculative import Speculative, int8_draft, truncated_draft
 from decodekit.testing import tiny_model
 
 PROMPT = torch.tensor([[5, 6, 7, 8]])
@@ -194,3 +194,19 @@ def test_cli_refuses_draft_layers_for_a_strategy_without_a_draft(capsys):
 
     assert main(["generate", "--strategy", "jacobi", "--draft-layers", "3", "hi"]) == 2
     assert "--draft-layers was given but strategy 'jacobi' does not use a draft model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_int8_draft_is_exact_and_mostly_accepted(arch):
+    model = tiny_model(arch, seed=1, dtype=torch.float32)
+    draft = int8_draft(model)
+    assert draft is not model and draft.dtype == torch.float32
+    out = decodekit.generate(model, PROMPT, "speculative", draft_model=draft, max_new_tokens=30,
+                             eos_token_id=[], gamma=4)
+    assert torch.equal(out.sequences, greedy(model, max_new_tokens=30, eos_token_id=[]))
+    assert out.stats.mean_accepted > 2
+
+
+def test_int8_draft_refuses_float64():
+    with pytest.raises(InputError, match="int8_draft needs a float32 model on the CPU, got torch.float64"):
+        int8_draft(tiny_model("llama", seed=1))
