@@ -20,14 +20,13 @@ exact sample of the model's distribution.
 
 from __future__ import annotations
 
+import attrs
 import torch
 
 from decodekit.core.decoder import Decoder, DecodeState
 from decodekit.core.params import param
 from decodekit.core.sampling import inverse_cdf
 from decodekit.core.types import Capabilities
-
-import attrs
 
 
 @attrs.frozen(kw_only=True)
