@@ -18,6 +18,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     parser.add_argument("--compare", metavar="STRATEGY", help="also run STRATEGY (e.g. greedy) and report speedup and identity")
     parser.add_argument("--no-stream", action="store_true", help="print the text at the end instead of as it is accepted")
+    parser.add_argument("--draft-layers", type=int, metavar="K",
+                        help="for strategies that need a draft model: use the model's own first K layers with its "
+                             "norm and head (default: three quarters of its layers)")
 
 
 class _Streamer:
@@ -50,10 +53,21 @@ def run_generate(args: argparse.Namespace) -> int:
         registry.get(args.compare)
     if args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.draft_layers is not None and not registry.get(args.strategy).capabilities.needs_draft_model:
+        raise InputError(f"--draft-layers was given but strategy {args.strategy!r} does not use a draft model")
     print(f"loading {decodekit.models.DEFAULT_MODEL} ({args.dtype}) ...", file=sys.stderr)
     model, tokenizer = decodekit.models.load_default(args.dtype)
     ids = decodekit.models.chat_ids(tokenizer, args.prompt)
     decodekit.generate(model, ids, "greedy", max_new_tokens=2)  # warm-up: first-call costs stay out of the timing
+
+    if registry.get(args.strategy).capabilities.needs_draft_model:
+        from decodekit.strategies.speculative import truncated_draft
+
+        layers = args.draft_layers
+        if layers is None:
+            layers = max(1, 3 * model.config.get_text_config().num_hidden_layers // 4)
+        params["draft_model"] = truncated_draft(model, layers=layers)
+        print(f"draft model: the first {layers} layers of {decodekit.models.DEFAULT_MODEL}", file=sys.stderr)
 
     streamer = _Streamer(tokenizer, enabled=not args.no_stream)
     out = decodekit.generate(model, ids, args.strategy, max_new_tokens=args.max_new_tokens, on_step=streamer, **params)

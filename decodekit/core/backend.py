@@ -73,7 +73,9 @@ class HFBackend:
         layer_types = getattr(text, "layer_types", None) or ()
         if window is not None and layer_types and "sliding_attention" not in layer_types:
             window = None
-        vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else text.vocab_size
+        head = model.get_output_embeddings()
+        # out_features also covers heads whose weight is not a tensor attribute (torch's dynamic int8 Linear)
+        vocab = getattr(head, "out_features", None) or (head.weight.shape[0] if head is not None else text.vocab_size)
         return cls(model=model, cache_keyword=keyword, max_positions=max_positions,
                    sliding_window=window, vocab_size=int(vocab))
 

@@ -61,3 +61,55 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         return draw(self.probabilities(logits), self.generator)
+
+
+def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The token whose cumulative-probability interval holds each uniform: probs (..., V), uniforms (...) in [0, 1).
+
+    A deterministic function of the noise: fed fresh U(0, 1) draws it is an exact sample of probs, and
+    fed the same draw twice it returns the same token (Jacobi sampling relies on that). A token of
+    probability 0 is never returned.
+    """
+    cdf = probs.double().cumsum(dim=-1)  # (..., V)
+    target = uniforms.double().unsqueeze(-1) * cdf[..., -1:]  # (..., 1)
+    token = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # (...)
+    return token.clamp_(max=probs.shape[-1] - 1)
+
+
+def residual(target_probs: torch.Tensor, draft_probs: torch.Tensor) -> torch.Tensor:
+    """norm(max(0, p - q)): what speculative sampling draws from after rejecting a draft token. (V,) -> (V,)
+
+    When p == q everywhere the residual is empty (a rejection then has probability 0); p is returned so
+    that the result is always a distribution.
+    """
+    diff = (target_probs.double() - draft_probs.double()).clamp_(min=0)  # (V,)
+    total = diff.sum()
+    if total <= 0:
+        return target_probs.double()
+    return diff / total
+
+
+def rejection_sample(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, target_probs: torch.Tensor,
+                     generator: torch.Generator) -> tuple[int, int]:
+    """Speculative sampling's acceptance rule (Leviathan et al. 2023, Alg. 1; Chen et al. 2023, "modified rejection sampling").
+
+    draft_tokens (G,): the tokens the draft sampled, draft_tokens[i] ~ draft_probs[i] (G, V).
+    target_probs (G + 1, V): the target's distribution after the pending token and after each draft token.
+    Returns (n, token): the first n draft tokens are accepted and `token` follows them, so that
+    draft_tokens[:n] + [token] is an exact sample of the target's distribution.
+
+    Draft token i is accepted with probability min(1, p_i(x) / q_i(x)); at the first rejection the
+    replacement is drawn from norm(max(0, p_i - q_i)); when all G are accepted a bonus token is drawn
+    from p_G.
+    """
+    g = int(draft_tokens.shape[0])
+    u = torch.rand(g, generator=generator, dtype=torch.float64)  # (G,)
+    index = torch.arange(g)
+    p = target_probs[:g].double()[index, draft_tokens]  # (G,)
+    q = draft_probs.double()[index, draft_tokens]  # (G,)
+    # accept while u * q < p, i.e. u < min(1, p / q), written without dividing (q > 0: the draft drew it)
+    rejected = (u * q >= p).nonzero()
+    if rejected.numel() == 0:
+        return g, int(draw(target_probs[g].double(), generator))
+    n = int(rejected[0, 0])
+    return n, int(draw(residual(target_probs[n], draft_probs[n]), generator))

@@ -10,7 +10,11 @@ from decodekit.plugins.hookspecs import hookimpl
 @hookimpl
 def decodekit_register_strategies(register: Callable) -> None:
     from decodekit.strategies.greedy import Greedy
+    from decodekit.strategies.jacobi import Jacobi
     from decodekit.strategies.lookahead import Lookahead
+    from decodekit.strategies.speculative import Speculative
 
     register(Greedy)
+    register(Jacobi)
     register(Lookahead)
+    register(Speculative)

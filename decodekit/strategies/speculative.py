@@ -1,0 +1,196 @@
+"""Speculative decoding with a draft model (Leviathan et al. 2023; Chen et al. 2023).
+
+A small draft model proposes gamma tokens autoregressively from its own cache; the target model
+checks all of them in one forward over [pending, d_1 .. d_gamma]. Greedy: draft token i is kept
+while it equals the target's argmax after the tokens before it, and the target's own next token
+follows the kept ones (a correction, or a bonus when all gamma are kept). Sampling: the standard
+rejection rule (decodekit.core.sampling.rejection_sample) keeps the target's distribution exactly.
+Both caches are rolled back to the committed tokens through their KV-cache managers.
+
+No draft model at hand? Two helpers build one from the target itself:
+- `truncated_draft(model, layers=k)`: its embeddings, first k decoder layers, final norm and head,
+  sharing the target's weight tensors (no extra memory; low acceptance without training);
+- `int8_draft(model)`: a copy whose Linear layers are dynamically quantized to int8 (CPU; high
+  acceptance, about a quarter of the Linear weights' memory).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+import attrs
+import torch
+
+from decodekit.core.decoder import Decoder, DecodeState
+from decodekit.core.kvcache import KVCacheManager
+from decodekit.core.params import param
+from decodekit.core.sampling import draw, rejection_sample
+from decodekit.core.types import Capabilities
+from decodekit.errors import InputError, ModelNotSupportedError
+
+
+@attrs.frozen(kw_only=True)
+class SpeculativeParams:
+    gamma: int = param(5, ge=1, le=64, help="draft tokens proposed per step (the start value when adaptive)")
+    adaptive: bool = param(False, help="grow gamma by 1 after a fully accepted step, shrink it by 1 after a rejection")
+    max_gamma: int = param(16, ge=1, le=64, help="the largest gamma adaptive mode may reach")
+
+    def __attrs_post_init__(self) -> None:
+        if self.adaptive and self.max_gamma < self.gamma:
+            raise ValueError(f"max_gamma must be >= gamma ({self.gamma}) when adaptive=True, got {self.max_gamma}")
+
+
+@attrs.define(eq=False)
+class Proposal:
+    """What the draft proposed in one step."""
+
+    tokens: list[int]  # d_1 .. d_G
+    probs: torch.Tensor | None  # (G, V) the draft's sampling distributions; None when greedy
+
+
+class Speculative(Decoder):
+    name = "speculative"
+    description = "a draft model proposes gamma tokens, the target verifies them in one forward pass"
+    capabilities = Capabilities(exact=True, supports_sampling=True, needs_draft_model=True)
+    Params = SpeculativeParams
+    # the sampling acceptance rule; a class attribute so that a test can plant a wrong one in a subclass
+    acceptance_rule = staticmethod(rejection_sample)
+
+    def start(self, state: DecodeState) -> None:
+        self.gamma = self.params.gamma
+        self.draft_kv = KVCacheManager(state.draft)
+        self.draft_forward(state, state.tokens[:-1])  # the draft's prefill; the pending token comes with the first proposal
+
+    def step(self, state: DecodeState) -> list[int]:
+        # at most `remaining` tokens can be kept, and the target adds one of its own after the drafts
+        gamma = min(self.gamma, state.remaining - 1)
+        proposal = self.propose(state, gamma)
+        logits = state.forward([state.pending] + proposal.tokens, layout=None)  # (G + 1, V)
+        tokens = self.verify(state, proposal, logits)
+        self.commit(state, proposal, tokens)
+        return tokens
+
+    # -- propose: gamma tokens from the draft's own cache ------------------------------------------
+
+    def draft_forward(self, state: DecodeState, ids: list[int]) -> torch.Tensor:
+        """Run the draft over `ids` after its cache; returns the last position's logits (V,)."""
+        start = self.draft_kv.length
+        positions = torch.arange(start, start + len(ids))  # (T,)
+        logits = state.draft.forward(torch.tensor(ids, dtype=torch.long), positions, self.draft_kv.cache, None, 1)  # (1, V)
+        return logits[-1]  # (V,)
+
+    def propose(self, state: DecodeState, gamma: int) -> Proposal:
+        """d_1 .. d_gamma, each the draft's argmax (or sample) after the committed tokens and the drafts before it."""
+        tokens: list[int] = []
+        probs: list[torch.Tensor] = []
+        feed = state.tokens[self.draft_kv.length:]  # committed tokens the draft has not cached yet (pending at least)
+        for _ in range(gamma):
+            logits = self.draft_forward(state, feed)  # (V,)
+            if state.sampler is None:
+                token = int(logits.argmax())
+            else:
+                q = state.sampler.probabilities(logits)  # (V,)
+                token = int(draw(q, state.sampler.generator))
+                probs.append(q)
+            tokens.append(token)
+            feed = [token]
+        return Proposal(tokens=tokens, probs=torch.stack(probs) if probs else None)  # probs (G, V)
+
+    # -- verify: which drafts the target keeps, and its own next token ----------------------------
+
+    def verify(self, state: DecodeState, proposal: Proposal, logits: torch.Tensor) -> list[int]:
+        """Greedy: keep drafts while they match the target's argmax. Sampling: the rejection rule."""
+        drafts = proposal.tokens
+        if state.sampler is None:
+            targets = logits.argmax(dim=-1).tolist()  # (G + 1,)
+            n = 0
+            while n < len(drafts) and drafts[n] == targets[n]:
+                n += 1
+            return drafts[:n] + [targets[n]]
+        p = state.sampler.probabilities(logits)  # (G + 1, V)
+        if not drafts:
+            return [int(draw(p[0], state.sampler.generator))]
+        n, token = self.acceptance_rule(torch.tensor(drafts), proposal.probs, p, state.sampler.generator)
+        return drafts[:n] + [token]
+
+    # -- commit: both caches back to the committed tokens; adapt gamma -----------------------------
+
+    def commit(self, state: DecodeState, proposal: Proposal, tokens: list[int]) -> None:
+        accepted = len(tokens) - 1
+        start = state.kv.length - (len(proposal.tokens) + 1)
+        state.kv.rollback(start + len(tokens))  # pending + accepted drafts; the last token is the new pending
+        # the draft cached the committed tokens and d_1 .. d_G-1: keep what is still committed
+        self.draft_kv.rollback(min(self.draft_kv.length, start + len(tokens)))
+        if self.params.adaptive and proposal.tokens:
+            if accepted == len(proposal.tokens):
+                self.gamma = min(self.gamma + 1, self.params.max_gamma)
+            else:
+                self.gamma = max(self.gamma - 1, 1)
+
+
+# -- a draft built from the target itself -----------------------------------------------------------
+
+def _layer_count(config: Any) -> int:
+    count = getattr(config, "num_hidden_layers", None)
+    if not isinstance(count, int):
+        raise ModelNotSupportedError(
+            f"truncated_draft needs a config with num_hidden_layers; {type(config).__name__} has none")
+    return count
+
+
+def truncated_draft(model: Any, layers: int) -> Any:
+    """A cheaper draft from the target: its embeddings, first `layers` decoder layers, final norm and head.
+
+    The draft is a model of the target's own class, built from a copy of its config with fewer
+    layers; every weight is the target's own tensor (shared, not copied), so it costs almost no
+    memory and has the target's vocabulary by construction. Its hidden state after layer k goes
+    straight through the target's norm and head (the "early exit" draft of self-speculative decoding).
+    """
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise ModelNotSupportedError(f"truncated_draft needs a transformers PreTrainedModel, got {type(model).__name__}")
+    text = model.config.get_text_config(decoder=True)
+    total = _layer_count(text)
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= total:
+        raise InputError(f"truncated_draft: layers must be an integer in [1, {total}] (the model's layer count), "
+                         f"got {layers!r}")
+    config = copy.deepcopy(model.config)
+    sub = config.get_text_config(decoder=True)
+    sub.num_hidden_layers = layers
+    if isinstance(getattr(sub, "layer_types", None), (list, tuple)):
+        sub.layer_types = list(sub.layer_types)[:layers]
+    with torch.random.fork_rng(devices=[]):  # the throwaway initialisation must not move the global RNG
+        draft = AutoModelForCausalLM.from_config(config, dtype=model.dtype,
+                                                 attn_implementation=model.config._attn_implementation)
+    source = model.state_dict()
+    wanted = draft.state_dict()
+    missing = [k for k in wanted if k not in source or source[k].shape != wanted[k].shape]
+    if missing:
+        raise ModelNotSupportedError(
+            f"truncated_draft cannot map {type(model).__name__}'s weights onto {layers} layers "
+            f"(no matching tensor for {missing[:3]})")
+    draft.load_state_dict({k: source[k] for k in wanted}, strict=True, assign=True)
+    draft.generation_config = copy.deepcopy(model.generation_config)
+    return draft.to(model.device).eval()
+
+
+def int8_draft(model: Any) -> Any:
+    """A draft that is the target with every nn.Linear dynamically quantized to int8 (a copy; CPU only).
+
+    Uses torch.ao.quantization.quantize_dynamic, which PyTorch has deprecated in favour of torchao
+    but still ships; its deprecation warnings are silenced here. Needs float32 weights.
+    """
+    from torch.ao.quantization import quantize_dynamic
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise ModelNotSupportedError(f"int8_draft needs a transformers PreTrainedModel, got {type(model).__name__}")
+    if model.dtype != torch.float32 or model.device.type != "cpu":
+        raise InputError(f"int8_draft needs a float32 model on the CPU, got {model.dtype} on {model.device}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        draft = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
+    return draft.eval()
