@@ -106,12 +106,12 @@ class HFBackend:
         return DynamicCache()
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: DynamicCache,
-                mask: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+                mask: torch.Tensor | None = None, logits_to_keep: int | torch.Tensor = 0) -> torch.Tensor:
         """Run T new tokens after what `cache` holds; the cache grows by T.
 
         input_ids, positions: (T,). mask: (1, 1, T, cached + T) additive, or None for plain causal
         attention (the model's own causal mask: the same kernels as model.generate).
-        logits_to_keep: 0 for every position's logits, k for the last k.
+        logits_to_keep: 0 for every position's logits, k for the last k, or a (K,) tensor of positions.
         Returns logits (T or k, V).
         """
         kwargs = {self.cache_keyword: cache}
@@ -120,7 +120,7 @@ class HFBackend:
             position_ids=positions[None].to(self.device),  # (1, T)
             attention_mask=mask,
             use_cache=True,
-            logits_to_keep=logits_to_keep,
+            logits_to_keep=logits_to_keep.to(self.device) if torch.is_tensor(logits_to_keep) else logits_to_keep,
             **kwargs,
         )
         return out.logits[0]  # (T, V)

@@ -49,12 +49,14 @@ class DecodeState:
         return self.max_new_tokens - (len(self.tokens) - self.prompt_length)
 
     def forward(self, input_ids: Sequence[int] | torch.Tensor, layout: StepLayout | None = None,
-                logits_to_keep: int = 0) -> torch.Tensor:
+                logits_to_keep: int | Sequence[int] = 0) -> torch.Tensor:
         """One forward of the target model over new tokens placed after the cache.
 
         layout None: a plain causal chain (the model's own mask). Otherwise the step's who-sees-whom
         structure, turned into an additive 4-D mask and position ids by the mask builder.
-        Returns logits (T, V) (or the last `logits_to_keep` rows); the cache grows by T.
+        logits_to_keep: 0 for every token's logits, k for the last k, or a list of the token indices
+        whose logits are needed (the lm head then skips the others).
+        Returns logits (T or K, V); the cache grows by T.
         """
         ids = torch.as_tensor(input_ids, dtype=torch.long)  # (T,)
         start = self.kv.length
@@ -67,6 +69,8 @@ class DecodeState:
         self.forwards += 1
         if self.forwards > 1:  # the prefill is not part of a step's cost
             self.tokens_computed += int(ids.shape[0])
+        if not isinstance(logits_to_keep, int):
+            logits_to_keep = torch.as_tensor(logits_to_keep, dtype=torch.long)  # (K,)
         return self.backend.forward(ids, positions, self.kv.cache, mask, logits_to_keep)
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:

@@ -30,8 +30,9 @@ from decodekit.strategies.ngram_pool import NgramPool, Trie
 
 @attrs.frozen(kw_only=True)
 class LookaheadParams:
-    W: int = param(4, ge=1, le=64, help="window width: Jacobi columns advanced per step")
-    N: int = param(4, ge=2, le=16, help="n-gram size: at most N tokens committed per step")
+    # Defaults tuned for 2-core CPUs (see docs/lookahead.md); the paper's A100 setting is W=15, N=5, G=15.
+    W: int = param(1, ge=1, le=64, help="window width: Jacobi columns advanced per step")
+    N: int = param(5, ge=2, le=16, help="n-gram size: at most N tokens committed per step")
     G: int = param(4, ge=0, le=64, help="candidates verified per step (0: no verification)")
     pool_from_prompt: bool = param(True, help="also seed the pool with the prompt's and the output's n-grams")
 
@@ -42,18 +43,18 @@ class StepPlan:
 
     tokens: list[int]
     parents: list[int]
-    levels: int  # window levels included
+    width: int  # W
+    levels: int  # window levels included this step
     trie: Trie
-
-    @property
-    def window_start(self) -> int:
-        return 1
 
     @property
     def trie_start(self) -> int:
         return 1 + self.levels * self.width
 
-    width: int = 0
+    def output_rows(self) -> list[int]:
+        """Tokens whose logits the step reads: the pending token, the window's last level, the trie."""
+        last_level = range(1 + (self.levels - 1) * self.width, 1 + self.levels * self.width) if self.levels else ()
+        return [0, *last_level, *range(self.trie_start, len(self.tokens))]
 
 
 class Lookahead(Decoder):
@@ -95,11 +96,11 @@ class Lookahead(Decoder):
         base = len(tokens)
         tokens += trie.tokens
         parents += [base + p if p >= 0 else 0 for p in trie.parents]
-        return StepPlan(tokens=tokens, parents=parents, levels=len(levels), trie=trie, width=w)
+        return StepPlan(tokens=tokens, parents=parents, width=w, levels=len(levels), trie=trie)
 
     # -- verify ---------------------------------------------------------------------------------
 
-    def verify_greedy(self, plan: StepPlan, argmax: list[int]) -> tuple[list[int], list[int]]:
+    def verify_greedy(self, plan: StepPlan, argmax: dict[int, int]) -> tuple[list[int], list[int]]:
         """Longest trie path matching the model's argmax, plus the bonus token.
 
         Returns (committed tokens, plan indices of the accepted trie nodes).
@@ -113,7 +114,7 @@ class Lookahead(Decoder):
             accepted.append(index)
         return [plan.tokens[i] for i in accepted] + [argmax[index]], accepted
 
-    def verify_sampling(self, state: DecodeState, plan: StepPlan, logits: torch.Tensor) -> tuple[list[int], list[int]]:
+    def verify_sampling(self, state: DecodeState, plan: StepPlan, logits: dict[int, torch.Tensor]) -> tuple[list[int], list[int]]:
         """The paper's sampling verification for one-hot drafts: keeps the model's distribution exactly.
 
         At each node, try its children in order: accept child token t with probability p(t); on
@@ -140,7 +141,7 @@ class Lookahead(Decoder):
 
     # -- commit ---------------------------------------------------------------------------------
 
-    def advance_window(self, plan: StepPlan, argmax: list[int]) -> None:
+    def advance_window(self, plan: StepPlan, argmax: dict[int, int]) -> None:
         """One Jacobi iteration per column: the last level's outputs become a level; full windows yield n-grams."""
         if plan.levels == 0:
             return
@@ -156,12 +157,13 @@ class Lookahead(Decoder):
     def step(self, state: DecodeState) -> list[int]:
         plan = self.propose(state)
         start = state.kv.length
-        logits = state.forward(plan.tokens, tree_layout(plan.parents))  # (T, V)
-        argmax = logits.argmax(dim=-1).tolist()  # (T,)
+        rows = plan.output_rows()
+        kept = state.forward(plan.tokens, tree_layout(plan.parents), logits_to_keep=rows)  # (K, V)
+        argmax = dict(zip(rows, kept.argmax(dim=-1).tolist()))  # token index -> the model's next token
         if state.sampler is None:
             committed, accepted = self.verify_greedy(plan, argmax)
         else:
-            committed, accepted = self.verify_sampling(state, plan, logits)
+            committed, accepted = self.verify_sampling(state, plan, dict(zip(rows, kept)))
         state.kv.keep_appended(start, [0] + accepted)  # the pending token and the accepted drafts
         self.advance_window(plan, argmax)
         if self.params.pool_from_prompt:
