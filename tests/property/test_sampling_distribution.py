@@ -45,12 +45,12 @@ def other_draft():
     return tiny_model("gpt2", seed=6, vocab_size=V, hidden=16, layers=1, init=0.5)
 
 
-def exact_distribution(model, config: SamplingConfig) -> torch.Tensor:
+def exact_distribution(model, config: SamplingConfig, prompt: list[int] = PROMPT) -> torch.Tensor:
     """P(x_1 .. x_L | prompt) for every sequence, indexed by its base-V number: (V**L,)."""
     joint = torch.ones(1, dtype=torch.float64)  # (V**d,) over prefixes of length d
     for d in range(L):
         prefixes = torch.tensor(list(itertools.product(range(V), repeat=d)), dtype=torch.long).reshape(V ** d, d)
-        ids = torch.cat([torch.tensor(PROMPT).expand(V ** d, len(PROMPT)), prefixes], dim=1)  # (V**d, P + d)
+        ids = torch.cat([torch.tensor(prompt).expand(V ** d, len(prompt)), prefixes], dim=1)  # (V**d, P + d)
         with torch.inference_mode():
             logits = model(ids, attention_mask=torch.ones_like(ids)).logits[:, -1]  # (V**d, V)
         step = probabilities(logits, config).double()  # (V**d, V)
@@ -58,15 +58,15 @@ def exact_distribution(model, config: SamplingConfig) -> torch.Tensor:
     return joint
 
 
-def cell_index(sequences: torch.Tensor) -> torch.Tensor:
-    new = sequences[:, len(PROMPT):]  # (N, L)
+def cell_index(sequences: torch.Tensor, prompt_length: int = len(PROMPT)) -> torch.Tensor:
+    new = sequences[:, prompt_length:]  # (N, L)
     assert new.shape[1] == L
     weights = V ** torch.arange(L - 1, -1, -1)  # (L,)
     return (new * weights).sum(dim=1)  # (N,)
 
 
-def chi_square_p_value(samples: torch.Tensor, probs: torch.Tensor) -> float:
-    counts = torch.bincount(cell_index(samples), minlength=probs.shape[0]).double()  # (V**L,)
+def chi_square_p_value(samples: torch.Tensor, probs: torch.Tensor, prompt_length: int = len(PROMPT)) -> float:
+    counts = torch.bincount(cell_index(samples, prompt_length), minlength=probs.shape[0]).double()  # (V**L,)
     assert counts[probs == 0].sum() == 0, "a sequence of probability 0 was sampled"
     expected = probs * counts.sum()
     small = expected < 5
@@ -78,15 +78,17 @@ def chi_square_p_value(samples: torch.Tensor, probs: torch.Tensor) -> float:
     return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), stat / 2))
 
 
-def sample(strategy: str, seed: int, config: SamplingConfig, **kw) -> torch.Tensor:
+def sample(strategy: str, seed: int, config: SamplingConfig, prompt: list[int] = PROMPT, **kw) -> torch.Tensor:
     """N samples in one call: N copies of the prompt, decoded one after another from one generator."""
     generator = torch.Generator().manual_seed(seed)
-    out = decodekit.generate(target(), torch.tensor([PROMPT] * N), strategy, max_new_tokens=L, eos_token_id=[],
+    out = decodekit.generate(target(), torch.tensor([prompt] * N), strategy, max_new_tokens=L, eos_token_id=[],
                              do_sample=True, generator=generator, temperature=config.temperature,
                              top_k=config.top_k, top_p=config.top_p, **kw)
+    assert strategy != "lookahead" or max(out.stats.accepted_histogram) > 1, "no draft was ever accepted"
     return out.sequences  # (N, P + L)
 
 
+LOOKAHEAD_PROMPT = [1, 2, 1, 2, 3, 2, 1, 1, 3, 0, 2]
 PLAIN = SamplingConfig()
 FILTERED = SamplingConfig(temperature=0.7, top_k=3, top_p=0.9)
 
@@ -97,6 +99,10 @@ CASES = {
     "speculative-other-draft": ("speculative", PLAIN, {"gamma": 2, "draft_model": "other"}),
     "speculative-filtered-adaptive": ("speculative", FILTERED, {"gamma": 1, "adaptive": True, "draft_model": "other"}),
     "speculative-self-draft": ("speculative", PLAIN, {"gamma": 2, "draft_model": "self"}),
+    # a prompt whose n-grams seed the pool with candidates after the model's likely tokens, so
+    # verification accepts and rejects real drafts from the first steps on
+    "lookahead": ("lookahead", PLAIN, {"W": 2, "N": 3, "G": 3, "prompt": LOOKAHEAD_PROMPT}),
+    "lookahead-filtered": ("lookahead", FILTERED, {"W": 1, "N": 2, "G": 4, "prompt": LOOKAHEAD_PROMPT}),
 }
 
 
@@ -111,9 +117,11 @@ def resolve_draft(kw: dict) -> dict:
 @pytest.mark.parametrize("case", list(CASES))
 def test_samples_follow_the_models_distribution(case):
     strategy, config, kw = CASES[case]
-    probs = exact_distribution(target(), config)
+    kw = dict(kw)
+    prompt = kw.pop("prompt", PROMPT)
+    probs = exact_distribution(target(), config, prompt)
     assert abs(float(probs.sum()) - 1) < 1e-5  # float32 filter probabilities
-    p_value = chi_square_p_value(sample(strategy, 1234, config, **resolve_draft(kw)), probs)
+    p_value = chi_square_p_value(sample(strategy, 1234, config, prompt, **resolve_draft(kw)), probs, len(prompt))
     print(f"{case}: chi-square p = {p_value:.3g}")
     assert p_value > ALPHA, f"{case}: chi-square p = {p_value:.2e}"
 
