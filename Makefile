@@ -24,9 +24,10 @@ $(STAMP): pyproject.toml Makefile plugins/decodekit-prompt-lookup/pyproject.toml
 	$(PIP) install -q -e plugins/decodekit-prompt-lookup
 	touch $(STAMP)
 
+# Lookahead in bfloat16 is the fastest exact configuration measured on this project's CPU (docs/benchmarks.md).
 demo: setup
 	$(VENV)/bin/decodekit generate "Explain in three sentences why the sky is blue." \
-		--strategy lookahead --max-new-tokens 128 --compare greedy
+		--strategy lookahead --dtype bfloat16 --max-new-tokens 128 --compare greedy
 
 test: setup
 	$(PY) -m pytest -p no:cacheprovider --hypothesis-profile=ci
