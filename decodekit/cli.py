@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-# Each subcommand lives in a module with `add_arguments(parser)` and `run(args) -> int`.
+# Each subcommand NAME lives in a module with `add_NAME_arguments(parser)` and `run_NAME(args) -> int`.
 SUBCOMMANDS = {
     "generate": ("decodekit.cli_generate", "generate text on the default model, streaming it"),
     "strategies": ("decodekit.cli_generate", "list every registered strategy with its parameters"),
