@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 
+from decodekit.cli_verify import top2_margin  # noqa: F401  (re-exported for the real-model tests)
+from decodekit.testing.exactness import first_difference  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 SPEC_BENCH = Path(os.environ.get("DECODEKIT_SPEC_BENCH", REPO.parent / "shared" / "data" / "spec_bench" / "question.jsonl"))
 
@@ -52,14 +55,6 @@ def spread_prompts(count: int) -> list[tuple[str, str]]:
     return out
 
 
-def top2_margin(model, tokens: list[int]) -> float:
-    """The greedy top-2 logit margin for the token after `tokens` (one plain forward)."""
-    with torch.inference_mode():
-        logits = model(torch.tensor([tokens])).logits[0, -1].float()
-    top = logits.topk(2).values
-    return float(top[0] - top[1])
-
-
 def hf_greedy(model, ids: torch.Tensor, max_new_tokens: int, eos: int | list[int] | None) -> torch.Tensor:
     """model.generate(do_sample=False) with an explicit eos set (an empty list: none)."""
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
@@ -72,10 +67,3 @@ def hf_greedy(model, ids: torch.Tensor, max_new_tokens: int, eos: int | list[int
             return model.generate(ids, **kwargs)
     finally:
         model.generation_config.eos_token_id = 2
-
-
-def first_difference(a: list[int], b: list[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
