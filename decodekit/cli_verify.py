@@ -121,20 +121,9 @@ def load_golden(path: Path) -> tuple[list[Prompt], dict[str, Any]]:
 @functools.lru_cache(maxsize=2)
 def load_model(spec: str, dtype: str) -> tuple[Any, Any]:
     """`default` (the offline default model) or a local HuggingFace model folder -> (model, tokenizer)."""
-    import decodekit
-    from decodekit.errors import InputError
+    from decodekit.bench.api import load_model as load
 
-    if spec == "default":
-        return decodekit.models.load_default(dtype)
-    path = Path(spec)
-    if not (path / "config.json").is_file():
-        raise InputError(f"--model must be 'default' or a local HuggingFace model folder (with config.json), got {spec!r}")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch_dtype = decodekit.models.resolve_dtype(dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, attn_implementation="sdpa").eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return model, tokenizer
+    return load(spec, dtype)
 
 
 def encode(tokenizer: Any, text: str) -> torch.Tensor:

@@ -64,15 +64,12 @@ def _converted_dir(source: Path) -> Path:
 def _convert(source: Path, target: Path) -> None:
     """De-quantize the GGUF once and keep config, weights and tokenizer as a regular HF folder."""
     from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    from decodekit.core.backend import load_gguf_dense
 
     began = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
     # Unpacked into a plain dense model: decodekit measures the model, not a GGUF matmul kernel.
-    model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32,
-                                                 quantization_config=GgufConfig(gguf_file=source.name, dequantize=True))
-    if hasattr(model.config, "quantization_config"):  # the saved folder is a plain float32 checkpoint
-        del model.config.quantization_config
+    model, tokenizer = load_gguf_dense(source)
     partial = target.with_name(target.name + f".partial-{os.getpid()}")
     partial.mkdir(parents=True, exist_ok=True)
     # save_pretrained refuses GGUF-loaded models; config, tokenizer and a plain state dict do not.
@@ -94,7 +91,7 @@ def _convert(source: Path, target: Path) -> None:
 
 def load_default(dtype: str | torch.dtype = "float32", attn_implementation: str = "sdpa") -> tuple[Any, Any]:
     """(model, tokenizer) of SmolLM2-135M-Instruct, loaded offline, in eval mode, on the CPU."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from decodekit.core.backend import load_pretrained
 
     torch_dtype = resolve_dtype(dtype)
     source = gguf_path()
@@ -104,10 +101,7 @@ def load_default(dtype: str | torch.dtype = "float32", attn_implementation: str 
     target = _converted_dir(source)
     if not (target / "model.safetensors").is_file():
         _convert(source, target)
-    tokenizer = AutoTokenizer.from_pretrained(str(target))
-    model = AutoModelForCausalLM.from_pretrained(str(target), dtype=torch_dtype, attn_implementation=attn_implementation)
-    model.eval()
-    return model, tokenizer
+    return load_pretrained(target, torch_dtype, attn_implementation)
 
 
 def chat_ids(tokenizer: Any, prompt: str | list[dict]) -> torch.Tensor:

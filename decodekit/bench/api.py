@@ -15,19 +15,16 @@ from decodekit.errors import InputError
 
 def load_model(name: str, dtype: str = "float32") -> tuple[Any, Any]:
     """'default' -> decodekit.models.load_default(dtype); a local HuggingFace folder -> (model, tokenizer)."""
+    from decodekit.core.backend import load_pretrained
     from decodekit.models import load_default, resolve_dtype
 
     if name == "default":
         return load_default(dtype)
     path = Path(name)
     if not path.is_dir() or not (path / "config.json").is_file():
-        raise InputError(f"--model must be 'default' or a local HuggingFace model folder holding config.json, "
+        raise InputError(f"--model must be 'default' or a local HuggingFace model folder (with config.json), "
                          f"got {name!r}")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype), attn_implementation="sdpa")
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    return model.eval(), tokenizer
+    return load_pretrained(path, resolve_dtype(dtype))
 
 
 def plan_methods(methods: Sequence[str | MethodSpec] | None, sweep: str | None = None,

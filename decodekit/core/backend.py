@@ -1,7 +1,8 @@
 """The model backend: the only module that imports transformers or knows its objects' insides.
 
 It drives a HuggingFace causal LM through its public forward (input_ids, position_ids, a 4-D
-additive attention mask, the cache) and reads logits. Differences between transformers 5.x releases
+additive attention mask, the cache) and reads logits, and it is where models are loaded or built
+(a local folder, the default model's GGUF, a config). Differences between transformers 5.x releases
 live here and nowhere else:
 - the cache keyword: `cache=` in recent releases, `past_key_values=` in earlier ones;
 - `Cache.crop`: recent releases take a negative count of tokens to remove, earlier ones the length to keep.
@@ -10,11 +11,12 @@ live here and nowhere else:
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any, Sequence
 
 import attrs
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GgufConfig, PreTrainedModel
 
 from decodekit.errors import InputError, ModelNotSupportedError
 
@@ -152,3 +154,44 @@ class HFBackend:
             layer.keys[:, :, start:end] = layer.keys.index_select(2, idx)  # (B, H, K, D)
             layer.values[:, :, start:end] = layer.values.index_select(2, idx)  # (B, H, K, D)
         HFBackend.crop_cache(cache, start + index.shape[0])
+
+
+# -- loading and building models ------------------------------------------------------------------
+
+
+def is_hf_model(obj: Any) -> bool:
+    """Whether `obj` is a transformers model (what every strategy and draft builder needs)."""
+    return isinstance(obj, PreTrainedModel)
+
+
+def load_pretrained(folder: str | Path, dtype: torch.dtype, attn_implementation: str = "sdpa") -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) from a local HuggingFace model folder; nothing is fetched."""
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, attn_implementation=attn_implementation,
+                                                 local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def load_gguf_dense(path: Path) -> tuple[Any, Any]:
+    """(float32 model, tokenizer) from a GGUF file, its weights unpacked into plain dense tensors.
+
+    Without `dequantize=True` transformers 5.x keeps GGUF weights packed, and a config saved from
+    such a load carries `quantization_config`; it is dropped so that a saved copy is a plain checkpoint.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                 quantization_config=GgufConfig(gguf_file=path.name, dequantize=True))
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer
+
+
+def config_for(model_type: str, **fields: Any) -> Any:
+    """A transformers config of `model_type` ("llama", "gpt2", ...) with `fields` set."""
+    return AutoConfig.for_model(model_type, **fields)
+
+
+def model_from_config(config: Any, dtype: torch.dtype, attn_implementation: str | None = None) -> Any:
+    """A randomly initialised causal LM for `config` (seed the RNG, or fork it, around the call)."""
+    extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    return AutoModelForCausalLM.from_config(config, dtype=dtype, **extra)

@@ -6,9 +6,11 @@ One forward pass carries two branches after the pending token:
   level-0 chain up to c and levels 1..l of its own column. Every step each column advances one Jacobi
   iteration: the model's output at the last level becomes a new level, the oldest level drops out, and
   each column yields an n-gram (its N-1 levels plus that output) for the pool.
-- the verification branch: the pool's candidates for the pending token, merged into a trie. Greedy
-  verification accepts the longest candidate prefix that matches the model's own argmax, plus the
-  bonus token the model predicts after it: up to N tokens per step.
+- the verification branch: at most G candidates, merged into a trie: first (C > 0) the text that
+  followed the longest earlier matches of the committed suffix, then the pool's candidates for the
+  pending token. Greedy verification accepts the longest candidate prefix that matches the model's
+  own argmax, plus the bonus token the model predicts after it: up to max(N - 1, L) + 1 tokens per
+  step (N with C=0, as in the paper).
 Both branches are one tree rooted at the pending token (the branches never see each other), so the
 mask builder's tree layout gives the "2-in-1" mask and position ids. Only the pending token's and the
 accepted tokens' keys and values stay in the cache.
@@ -25,7 +27,9 @@ from decodekit.core.decoder import Decoder, DecodeState
 from decodekit.core.masks import tree_layout
 from decodekit.core.params import param
 from decodekit.core.types import Capabilities
-from decodekit.strategies.ngram_pool import NgramPool, Trie
+from decodekit.strategies.ngram_pool import ContextIndex, NgramPool, Trie
+
+CONTEXT = 4  # the longest suffix the context index matches
 
 
 @attrs.frozen(kw_only=True)
@@ -33,8 +37,14 @@ class LookaheadParams:
     # Defaults tuned for 2-core CPUs (see docs/lookahead.md); the paper's A100 setting is W=15, N=5, G=15.
     W: int = param(1, ge=1, le=64, help="window width: Jacobi columns advanced per step")
     N: int = param(5, ge=2, le=16, help="n-gram size: at most N tokens committed per step")
-    G: int = param(4, ge=0, le=64, help="candidates verified per step (0: no verification)")
+    G: int = param(4, ge=0, le=64, help="candidates verified per step, and kept per pool key (0: no verification)")
     pool_from_prompt: bool = param(True, help="also seed the pool with the prompt's and the output's n-grams")
+    C: int = param(2, ge=0, le=16, help="of the G candidates, how many may be context candidates: what followed "
+                                        "the longest earlier matches of the text's end")
+    L: int = param(8, ge=1, le=32, help="context candidate length: at most L + 1 tokens committed per step from one")
+    idle_window: str = param("auto", choices=("auto", "on", "off"),
+                             help="on a step with no candidate to verify, run the window anyway (on, as the "
+                                  "paper does) or make it a one-token forward (off); auto: on when W > 1")
 
 
 @attrs.define(eq=False)
@@ -68,6 +78,9 @@ class Lookahead(Decoder):
         self.pool = NgramPool(n=p.N, capacity=p.G)
         if p.pool_from_prompt:
             self.pool.add_sequence(state.tokens)
+        self.context = ContextIndex(max_context=CONTEXT)
+        if p.C:
+            self.context.extend(state.tokens)
         # Level 0 starts as tokens drawn from the prompt (a private RNG: no global state is touched).
         rng = random.Random(len(state.tokens))
         prompt = state.tokens[: state.prompt_length]
@@ -81,9 +94,25 @@ class Lookahead(Decoder):
         farthest = state.kv.length + self.params.W + len(self.levels) - 1
         return state.remaining > 1 and (limit is None or farthest < limit)
 
+    def candidates(self, state: DecodeState) -> list[tuple[int, ...]]:
+        """At most G: context candidates first (a long match predicts well), then the pool's for the pending token.
+
+        Each is cut to the tokens that may still come after the bonus token.
+        """
+        p, room = self.params, state.remaining - 1
+        found = self.context.candidates(min(p.C, p.G), min(p.L, room)) if p.C else []
+        return (found + self.pool.candidates(state.pending, min(p.N - 1, room)))[: p.G]
+
+    def window_runs(self, state: DecodeState, trie: Trie) -> bool:
+        """Whether this step carries the window: it must fit, and an idle step (empty trie) may skip it."""
+        p = self.params
+        idle_too = p.idle_window == "on" or (p.idle_window == "auto" and p.W > 1)
+        return self.window_fits(state) and (len(trie) > 0 or idle_too)
+
     def propose(self, state: DecodeState) -> StepPlan:
         w = self.params.W
-        levels = self.levels if self.window_fits(state) else []
+        trie = Trie.build(self.candidates(state))
+        levels = self.levels if self.window_runs(state, trie) else []
         tokens, parents = [state.pending], [-1]
         for level, row in enumerate(levels):
             for col, token in enumerate(row):
@@ -92,7 +121,6 @@ class Lookahead(Decoder):
                     parents.append(col)  # column 0's parent is the pending token (index 0)
                 else:  # one level up in the same column
                     parents.append(1 + (level - 1) * w + col)
-        trie = Trie.build(self.pool.candidates(state.pending, min(self.params.N - 1, state.remaining - 1)))
         base = len(tokens)
         tokens += trie.tokens
         parents += [base + p if p >= 0 else 0 for p in trie.parents]
@@ -168,4 +196,6 @@ class Lookahead(Decoder):
         self.advance_window(plan, argmax)
         if self.params.pool_from_prompt:
             self.pool.add_sequence(state.tokens + committed, first_end=len(state.tokens))
+        if self.params.C:
+            self.context.extend(committed)
         return committed

@@ -1,8 +1,10 @@
-"""The n-gram pool of lookahead decoding: candidate continuations keyed by their first token.
+"""Where lookahead decoding's candidates come from, and how they are merged for verification.
 
-Each key keeps at most G continuations (the N-1 tokens that followed it), the most recent first and
-without duplicates. Candidates that share a prefix are merged into a trie for verification, so a
-shared token is computed once.
+- `NgramPool`: the paper's pool. Each key keeps at most G continuations (the N-1 tokens that followed
+  it), the most recent first and without duplicates.
+- `ContextIndex`: the committed text (prompt and output) indexed by short contexts, so the text that
+  followed the longest earlier match of the current suffix can be proposed (prompt-lookup style).
+- `Trie`: candidates merged by shared prefix, so a shared token is computed once.
 """
 
 from __future__ import annotations
@@ -42,6 +44,46 @@ class NgramPool:
         if max_length <= 0:
             return []
         return [c[:max_length] for c in self.table.get(key, ())]
+
+
+@attrs.define(eq=False)
+class ContextIndex:
+    """The committed text, indexed by every context of 1..max_context tokens.
+
+    `ends[context]` lists the indices just past each occurrence of `context`, oldest first, so the
+    tokens that followed an earlier occurrence of the text's suffix are one lookup away.
+    """
+
+    max_context: int
+    tokens: list[int] = attrs.Factory(list)
+    ends: dict[tuple[int, ...], list[int]] = attrs.Factory(dict)
+
+    def extend(self, tokens: Iterable[int]) -> None:
+        """Append committed tokens and index the contexts that end at each of them."""
+        for token in tokens:
+            self.tokens.append(token)
+            end = len(self.tokens)
+            for k in range(1, min(self.max_context, end) + 1):
+                self.ends.setdefault(tuple(self.tokens[end - k:end]), []).append(end)
+
+    def candidates(self, count: int, max_length: int) -> list[tuple[int, ...]]:
+        """Up to `count` distinct continuations (each at most `max_length` tokens) of the text's suffix.
+
+        The longest matching context comes first, then the most recent occurrence: a longer match
+        predicts the next tokens better, and a recent one follows the text's current topic.
+        """
+        found: list[tuple[int, ...]] = []
+        total = len(self.tokens)
+        if count <= 0 or max_length <= 0:
+            return found
+        for k in range(min(self.max_context, total), 0, -1):
+            for end in reversed(self.ends.get(tuple(self.tokens[total - k:]), ())):
+                continuation = tuple(self.tokens[end:end + max_length])
+                if continuation and continuation not in found:  # end == total: the suffix itself
+                    found.append(continuation)
+                    if len(found) == count:
+                        return found
+        return found
 
 
 @attrs.define(eq=False)

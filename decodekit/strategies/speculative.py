@@ -148,9 +148,9 @@ def truncated_draft(model: Any, layers: int) -> Any:
     memory and has the target's vocabulary by construction. Its hidden state after layer k goes
     straight through the target's norm and head (the "early exit" draft of self-speculative decoding).
     """
-    from transformers import AutoModelForCausalLM, PreTrainedModel
+    from decodekit.core.backend import is_hf_model, model_from_config
 
-    if not isinstance(model, PreTrainedModel):
+    if not is_hf_model(model):
         raise ModelNotSupportedError(f"truncated_draft needs a transformers PreTrainedModel, got {type(model).__name__}")
     text = model.config.get_text_config(decoder=True)
     total = _layer_count(text)
@@ -163,8 +163,7 @@ def truncated_draft(model: Any, layers: int) -> Any:
     if isinstance(getattr(sub, "layer_types", None), (list, tuple)):
         sub.layer_types = list(sub.layer_types)[:layers]
     with torch.random.fork_rng(devices=[]):  # the throwaway initialisation must not move the global RNG
-        draft = AutoModelForCausalLM.from_config(config, dtype=model.dtype,
-                                                 attn_implementation=model.config._attn_implementation)
+        draft = model_from_config(config, model.dtype, model.config._attn_implementation)
     source = model.state_dict()
     wanted = draft.state_dict()
     missing = [k for k in wanted if k not in source or source[k].shape != wanted[k].shape]
@@ -184,9 +183,10 @@ def int8_draft(model: Any) -> Any:
     but still ships; its deprecation warnings are silenced here. Needs float32 weights.
     """
     from torch.ao.quantization import quantize_dynamic
-    from transformers import PreTrainedModel
 
-    if not isinstance(model, PreTrainedModel):
+    from decodekit.core.backend import is_hf_model
+
+    if not is_hf_model(model):
         raise ModelNotSupportedError(f"int8_draft needs a transformers PreTrainedModel, got {type(model).__name__}")
     if model.dtype != torch.float32 or model.device.type != "cpu":
         raise InputError(f"int8_draft needs a float32 model on the CPU, got {model.dtype} on {model.device}")

@@ -1,4 +1,4 @@
-"""Tiny random causal LMs of several real architectures, built from transformers configs.
+"""Tiny random causal LMs of several real architectures, built from transformers configs (via the backend).
 
 They are real transformers models (real attention, RoPE or learned positions, grouped-query
 attention where the architecture has it), just small and randomly initialised, so a property test
@@ -16,32 +16,32 @@ ARCHITECTURES = ("llama", "qwen2", "mistral", "gpt2")
 
 
 def _config(arch: str, vocab_size: int, hidden: int, layers: int, init: float, attn: str) -> Any:
-    import transformers as tf
+    from decodekit.core.backend import config_for
 
     common = dict(vocab_size=vocab_size, initializer_range=init, attn_implementation=attn,
                   bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if arch == "gpt2":
-        return tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=512, **common)
+        return config_for("gpt2", n_embd=hidden, n_layer=layers, n_head=4, n_positions=512, **common)
     shared = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **common)
     if arch == "llama":
-        return tf.LlamaConfig(**shared)
+        return config_for("llama", **shared)
     if arch == "qwen2":
-        return tf.Qwen2Config(**shared, use_sliding_window=False)
+        return config_for("qwen2", **shared, use_sliding_window=False)
     if arch == "mistral":
-        return tf.MistralConfig(**shared, sliding_window=None)
+        return config_for("mistral", **shared, sliding_window=None)
     raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
 
 
 @functools.lru_cache(maxsize=128)  # tiny models are a few hundred KB each
 def _build(arch: str, seed: int, vocab_size: int, hidden: int, layers: int, init: float, attn: str,
            dtype: torch.dtype) -> Any:
-    from transformers import AutoModelForCausalLM
+    from decodekit.core.backend import model_from_config
 
     config = _config(arch, vocab_size, hidden, layers, init, attn)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = model_from_config(config, dtype)
     model.generation_config.eos_token_id = 2
     model.generation_config.pad_token_id = 0
     return model.eval()

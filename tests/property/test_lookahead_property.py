@@ -29,7 +29,8 @@ def cases(draw):
         eos=draw(dks.eos_choices(config.vocab_size)),
         max_new_tokens=draw(st.one_of(st.integers(1, 64), st.integers(24, 64))),
         W=draw(st.integers(1, 16)), N=draw(st.integers(2, 8)), G=draw(st.integers(0, 16)),
-        pool_from_prompt=draw(st.booleans()),
+        pool_from_prompt=draw(st.booleans()), C=draw(st.integers(0, 4)), L=draw(st.integers(1, 16)),
+        idle_window=draw(st.sampled_from(("auto", "on", "off"))),
     )
 
 
@@ -43,12 +44,13 @@ def test_lookahead_equals_greedy(case):
         free = decodekit.generate(model, ids, max_new_tokens=case["max_new_tokens"], eos_token_id=[])
         eos = eos.resolve(free.sequences[0, ids.shape[1]:].tolist())
     greedy = decodekit.generate(model, ids, max_new_tokens=case["max_new_tokens"], eos_token_id=eos)
-    params = {k: case[k] for k in ("W", "N", "G", "pool_from_prompt")}
+    params = {k: case[k] for k in ("W", "N", "G", "pool_from_prompt", "C", "L", "idle_window")}
     out = decodekit.generate(model, ids, "lookahead", max_new_tokens=case["max_new_tokens"], eos_token_id=eos, **params)
     want, got = greedy.sequences[0].tolist(), out.sequences[0].tolist()
     assert got == want, (f"lookahead {params} differs from greedy at position {first_difference(got, want)} "
                          f"on {case['config']}, eos={eos}")
     assert out.stats.new_tokens == len(got) - ids.shape[1]
-    assert max(out.stats.accepted_histogram) <= case["N"]
+    longest = max(case["N"] - 1, case["L"] if case["C"] else 0)  # the longest candidate
+    assert max(out.stats.accepted_histogram) <= longest + 1
     if case["G"] == 0:
         assert out.stats.mean_accepted == 1.0

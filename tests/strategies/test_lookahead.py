@@ -5,7 +5,7 @@ import torch
 
 import decodekit
 from decodekit.errors import StrategyParameterError
-from decodekit.strategies.ngram_pool import NgramPool, Trie
+from decodekit.strategies.ngram_pool import ContextIndex, NgramPool, Trie
 from decodekit.testing import tiny_model
 
 LOOPING = dict(arch="gpt2", seed=1, vocab_size=12, init=0.3)  # greedy falls into a loop: the pool hits
@@ -18,10 +18,20 @@ def run(strategy, max_new=48, eos=(), prompt=(5, 6, 7, 8, 5, 6, 7, 8, 5, 6), **p
 
 
 def test_repetitive_output_commits_several_tokens_per_step():
-    greedy, out = run("greedy"), run("lookahead", W=4, N=5, G=8)
+    greedy, out = run("greedy"), run("lookahead", W=4, N=5, G=8, C=0)  # the paper's pool only
     assert out.sequences.tolist() == greedy.sequences.tolist()
     assert out.stats.mean_accepted > 2.0 and max(out.stats.accepted_histogram) == 5  # N tokens, bonus included
     assert out.stats.steps < greedy.stats.steps
+
+
+def test_context_candidates_commit_up_to_l_plus_one_tokens():
+    greedy = run("greedy")
+    paper = run("lookahead", W=1, N=3, G=2, C=0)
+    out = run("lookahead", W=1, N=3, G=2, C=1, L=9)
+    assert out.sequences.tolist() == greedy.sequences.tolist()
+    assert max(paper.stats.accepted_histogram) == 3
+    assert 3 < max(out.stats.accepted_histogram) <= 10  # past N's limit; at most L tokens plus the bonus
+    assert out.stats.steps < paper.stats.steps
 
 
 def test_g0_is_greedy_one_token_per_step():
@@ -81,12 +91,39 @@ def test_pool_from_sequence_adds_every_full_ngram_once():
     assert pool.table[2] == [(4, 7), (3, 1)]
 
 
+def test_context_index_prefers_the_longest_match_then_the_most_recent():
+    index = ContextIndex(max_context=3)
+    index.extend([1, 2, 3, 4, 9, 2, 3, 5, 1, 2, 3])
+    # suffix (1, 2, 3) occurred once before, followed by 4; (2, 3) also before 5; (3,) adds nothing new
+    assert index.candidates(count=3, max_length=2) == [(4, 9), (5, 1)]
+    assert index.candidates(count=1, max_length=4) == [(4, 9, 2, 3)]
+    index.extend([7])  # suffix (7,): only the occurrence that is the suffix itself
+    assert index.candidates(count=2, max_length=2) == []
+    index.extend([1, 2, 3])  # two earlier (1, 2, 3): the most recent first
+    assert index.candidates(count=3, max_length=3) == [(7, 1, 2), (4, 9, 2), (5, 1, 2)]
+    assert index.candidates(count=0, max_length=3) == [] and index.candidates(count=2, max_length=0) == []
+
+
 def test_trie_merges_shared_prefixes():
     trie = Trie.build([(4, 5, 6), (4, 5, 7), (8,), (4, 9)])
     assert trie.tokens == [4, 5, 6, 7, 8, 9]
     assert trie.parents == [-1, 0, 1, 1, -1, 0]
     assert trie.child(-1, 4) == 0 and trie.child(0, 5) == 1 and trie.child(1, 9) is None
     assert trie.child_tokens(-1) == [(4, 0), (8, 4)]
+
+
+@pytest.mark.parametrize("idle_window, W, window_on_idle_steps", [
+    ("on", 1, True), ("off", 3, False), ("auto", 1, False), ("auto", 3, True)])
+def test_idle_window_decides_whether_a_step_without_candidates_carries_the_window(idle_window, W, window_on_idle_steps):
+    model = tiny_model("llama", seed=2)
+    ids = torch.tensor([[3, 17, 29, 41, 53]])  # no repeats: the first steps have nothing to verify
+    sizes = []
+    model.register_forward_pre_hook(lambda _m, args, kwargs: sizes.append(kwargs["input_ids"].shape[1]),
+                                    with_kwargs=True)
+    out = decodekit.generate(model, ids, "lookahead", W=W, N=4, G=2, idle_window=idle_window, max_new_tokens=3,
+                             eos_token_id=[])
+    assert out.sequences.tolist() == decodekit.generate(model, ids, max_new_tokens=3, eos_token_id=[]).sequences.tolist()
+    assert sizes[0] == 5 and sizes[1] == (1 + W if window_on_idle_steps else 1)  # prefill, then the first step
 
 
 def test_window_beyond_the_models_positions_is_left_out():
