@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml Makefile plugins/decodekit-prompt-lookup/pyproject.toml
 
 # Lookahead in bfloat16 is the fastest exact configuration measured on this project's CPU (docs/benchmarks.md).
 demo: setup
-	$(VENV)/bin/decodekit generate "Explain in three sentences why the sky is blue." \
-		--strategy lookahead --dtype bfloat16 --max-new-tokens 128 --compare greedy
+	$(VENV)/bin/decodekit generate "Summarize in one sentence: The city council met on Tuesday to discuss \
+	the new budget. After three hours of debate, the council approved the budget, which increases funding \
+	for public libraries and parks." --strategy lookahead --max-new-tokens 128 --compare greedy
 
 test: setup
 	$(PY) -m pytest -p no:cacheprovider --hypothesis-profile=ci

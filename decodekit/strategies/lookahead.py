@@ -34,9 +34,10 @@ CONTEXT = 4  # the longest suffix the context index matches
 
 @attrs.frozen(kw_only=True)
 class LookaheadParams:
-    # Defaults tuned for 2-core CPUs (see docs/lookahead.md); the paper's A100 setting is W=15, N=5, G=15.
+    # Defaults tuned for 2-core CPUs (see docs/lookahead.md); the paper's A100 setting is W=15, N=5, G=15
+    # (and C=0 for its pool alone).
     W: int = param(1, ge=1, le=64, help="window width: Jacobi columns advanced per step")
-    N: int = param(5, ge=2, le=16, help="n-gram size: at most N tokens committed per step")
+    N: int = param(5, ge=2, le=16, help="n-gram size: N-1 window levels; a pool candidate commits at most N tokens")
     G: int = param(4, ge=0, le=64, help="candidates verified per step, and kept per pool key (0: no verification)")
     pool_from_prompt: bool = param(True, help="also seed the pool with the prompt's and the output's n-grams")
     C: int = param(2, ge=0, le=16, help="of the G candidates, how many may be context candidates: what followed "

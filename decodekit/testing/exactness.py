@@ -12,15 +12,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import attrs
 import torch
 
+from decodekit.core.sequences import first_difference  # re-exported: part of decodekit.testing
 from decodekit.testing.strategies import FromOutput, GenerationCase, generation_cases
-
-
-def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
-    """The first index where a and b differ (a length difference counts), or None if they are equal."""
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def _window(tokens: Sequence[int], at: int, width: int = 6) -> str:

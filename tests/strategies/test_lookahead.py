@@ -1,5 +1,6 @@
 """Lookahead decoding: edge cases, the pool, the trie, and the statistics it reports."""
 
+import attrs
 import pytest
 import torch
 
@@ -131,3 +132,16 @@ def test_window_beyond_the_models_positions_is_left_out():
     ids = torch.tensor([[5, 6, 7] * 160])  # 480 prompt tokens
     out = decodekit.generate(model, ids, "lookahead", W=16, N=8, G=4, max_new_tokens=32, eos_token_id=[])
     assert out.sequences.tolist() == decodekit.generate(model, ids, max_new_tokens=32, eos_token_id=[]).sequences.tolist()
+
+
+def test_generate_compare_line_uses_tokens_per_second_and_says_where_outputs_part():
+    from decodekit.cli_generate import comparison
+
+    fast, slow = run("lookahead", W=4, N=5, G=8), run("greedy")
+    fast.stats = attrs.evolve(fast.stats, seconds=1.0)  # 48 tokens in 1 s
+    slow.stats = attrs.evolve(slow.stats, seconds=2.0)  # 48 tokens in 2 s
+    assert comparison("greedy", fast, slow) == "speedup over greedy (tokens/s): 2.00x; outputs identical: yes"
+    short = run("greedy", max_new=24)  # 24 tokens in 1 s: the same rate as `slow`, half the time
+    short.stats = attrs.evolve(short.stats, seconds=1.0)
+    assert comparison("greedy", short, slow) == ("speedup over greedy (tokens/s): 1.00x; "
+                                                 "outputs identical: NO (they part at new token 24)")
