@@ -20,30 +20,21 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 
+from decodekit.bench.questions import ENV_QUESTIONS as SPEC_BENCH_ENV
+from decodekit.bench.questions import default_questions_path, read_questions
 from decodekit.cli import parse_strategy_params
 
 # Below this greedy top-2 logit margin a first difference counts as a numerical near-tie. The values
 # are a few times the logit error a reordered reduction causes in a ~100M-parameter model at that
 # precision (a few units in the last place of logits of magnitude ~10-30).
 NEAR_TIE_MARGIN = {"float64": 1e-6, "float32": 1e-3, "float16": 5e-2, "bfloat16": 2.5e-1}
-SPEC_BENCH_ENV = "DECODEKIT_SPEC_BENCH"
 DEFAULT_MAX_NEW_TOKENS = 64
-
-
-def default_questions_path() -> Path:
-    """$DECODEKIT_SPEC_BENCH, else ../shared/data/spec_bench/question.jsonl beside the repository root."""
-    override = os.environ.get(SPEC_BENCH_ENV)
-    if override:
-        return Path(override)
-    repo_root = Path(__file__).resolve().parent.parent
-    return repo_root.parent / "shared" / "data" / "spec_bench" / "question.jsonl"
 
 
 @attrs.frozen(kw_only=True)
@@ -68,12 +59,11 @@ def select(rows: list[Prompt], per_category: int | None, limit: int | None) -> l
     return out
 
 
-def _read_jsonl(path: Path, what: str) -> list[dict]:
+def _read_golden_lines(path: Path) -> list[dict]:
     from decodekit.errors import InputError
 
     if not path.is_file():
-        hint = f" (or set {SPEC_BENCH_ENV})" if what == "questions" else ""
-        raise InputError(f"{what} file {str(path)!r} does not exist; pass an existing file{hint}")
+        raise InputError(f"golden file {str(path)!r} does not exist; write one with --record")
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -86,24 +76,15 @@ def _read_jsonl(path: Path, what: str) -> list[dict]:
 
 
 def load_questions(path: Path) -> list[Prompt]:
-    """Spec-Bench rows (question_id, category, turns): the first turn of each is the prompt."""
-    from decodekit.errors import InputError
-
-    out = []
-    for number, row in enumerate(_read_jsonl(path, "questions"), 1):
-        turns = row.get("turns")
-        if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
-            raise InputError(f"{path}:{number} needs 'turns', a non-empty list of strings, got {turns!r}")
-        out.append(Prompt(question_id=row.get("question_id", number), category=str(row.get("category", "-")),
-                          text=turns[0]))
-    return out
+    """Spec-Bench rows (question_id, category, turns), read by the bench's reader: the first turn is the prompt."""
+    return [Prompt(question_id=q.question_id, category=q.category, text=q.turns[0]) for q in read_questions(path)]
 
 
 def load_golden(path: Path) -> tuple[list[Prompt], dict[str, Any]]:
     """Golden records -> prompts with their token ids and greedy outputs, and the settings they share."""
     from decodekit.errors import InputError
 
-    records = _read_jsonl(path, "golden")
+    records = _read_golden_lines(path)
     if not records:
         raise InputError(f"golden file {str(path)!r} holds no records; write one with --record")
     settings = {k: records[0].get(k) for k in ("model", "dtype", "max_new_tokens")}

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import decodekit
 from decodekit.bench.questions import default_questions_path, read_questions, select
 from decodekit.models import chat_ids, load_default
+from decodekit.strategies.lookahead import CONTEXT, LookaheadParams, choose_candidates
 from decodekit.strategies.ngram_pool import ContextIndex, NgramPool, Trie
 
 ORACLE_LENGTH = 16
@@ -46,16 +47,19 @@ def pool_source(n: int, g: int) -> Source:
 
 
 def context_source(c: int, length: int, pool: tuple[int, int] | None = None, g: int | None = None) -> Source:
+    """Context candidates (C=c, L=length), then the pool's (N, G) as lookahead's verification picks them."""
+    n, pool_g = pool if pool else (2, 0)
+    params = LookaheadParams(C=c, L=length, N=n, G=g if g is not None else c + pool_g)
+
     def start(prompt: list[int]):
-        index = ContextIndex(max_context=4)
-        from_pool = pool_source(*pool)(prompt) if pool else None
+        index = ContextIndex(max_context=CONTEXT)
+        ngrams = NgramPool(n=n, capacity=pool_g)
+        ngrams.add_sequence(prompt)
 
         def propose(text: list[int], room: int) -> list[tuple[int, ...]]:
+            ngrams.add_sequence(text, first_end=len(index.tokens) or len(prompt))
             index.extend(text[len(index.tokens):])
-            found = index.candidates(c, min(length, room))
-            if from_pool is not None:
-                found += from_pool(text, room)
-            return found[:g] if g else found
+            return choose_candidates(params, index, ngrams, text[-1], room)
         return propose
     return start
 

@@ -1,8 +1,8 @@
 """`--sweep STRATEGY`: try a small grid of a strategy's parameters and report the fastest configuration.
 
 A grid is `KEY=V1,V2;KEY=V1,V2;KEY=OTHER`: each key takes each of its values, and `KEY=OTHER`
-ties a key to another key's value (lookahead's default `W=4,7;N=3,5;G=W` tries 4 configurations,
-with G equal to W as in the lookahead paper). Every configuration is validated before any work.
+ties a key to another key's value (`W=5,15;N=5;G=W` tries the paper's G=W). Lookahead's default
+`W=1,4;N=3,5;C=0,2` tries 8 configurations. Every configuration is validated before any work.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from decodekit.errors import StrategyParameterError
 from decodekit.plugins.manager import get_registry
 
 # Kept small: each configuration runs on every prompt. Widen it with --sweep-grid.
-DEFAULT_GRIDS = {"lookahead": "W=4,7;N=3,5;G=W", "jacobi": "block_size=4,8,16"}
+DEFAULT_GRIDS = {"lookahead": "W=1,4;N=3,5;C=0,2", "jacobi": "block_size=4,8,16"}
 
 
 def parse_grid(strategy: str, text: str) -> list[dict[str, str]]:

@@ -48,6 +48,17 @@ class LookaheadParams:
                                   "paper does) or make it a one-token forward (off); auto: on when W > 1")
 
 
+def choose_candidates(params: LookaheadParams, context: ContextIndex, pool: NgramPool, pending: int,
+                      room: int) -> list[tuple[int, ...]]:
+    """At most G: context candidates first (a long match predicts well), then the pool's for `pending`.
+
+    `room`: how many tokens may still come after the bonus token; every candidate is cut to it.
+    State-free, so offline tools (examples/candidate_ceiling.py) replay exactly what a step verifies.
+    """
+    found = context.candidates(min(params.C, params.G), min(params.L, room)) if params.C else []
+    return (found + pool.candidates(pending, min(params.N - 1, room)))[: params.G]
+
+
 @attrs.define(eq=False)
 class StepPlan:
     """What goes through one forward: [pending, window (level-major), trie nodes]."""
@@ -96,13 +107,8 @@ class Lookahead(Decoder):
         return state.remaining > 1 and (limit is None or farthest < limit)
 
     def candidates(self, state: DecodeState) -> list[tuple[int, ...]]:
-        """At most G: context candidates first (a long match predicts well), then the pool's for the pending token.
-
-        Each is cut to the tokens that may still come after the bonus token.
-        """
-        p, room = self.params, state.remaining - 1
-        found = self.context.candidates(min(p.C, p.G), min(p.L, room)) if p.C else []
-        return (found + self.pool.candidates(state.pending, min(p.N - 1, room)))[: p.G]
+        """This step's candidates for the verification branch (see `choose_candidates`)."""
+        return choose_candidates(self.params, self.context, self.pool, state.pending, state.remaining - 1)
 
     def window_runs(self, state: DecodeState, trie: Trie) -> bool:
         """Whether this step carries the window: it must fit, and an idle step (empty trie) may skip it."""
