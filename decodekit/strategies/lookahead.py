@@ -52,11 +52,19 @@ def choose_candidates(params: LookaheadParams, context: ContextIndex, pool: Ngra
                       room: int) -> list[tuple[int, ...]]:
     """At most G: context candidates first (a long match predicts well), then the pool's for `pending`.
 
+    A pool candidate that is a prefix of one already chosen is skipped: it would add no trie node,
+    only take a place among the G.
+
     `room`: how many tokens may still come after the bonus token; every candidate is cut to it.
     State-free, so offline tools (examples/candidate_ceiling.py) replay exactly what a step verifies.
     """
-    found = context.candidates(min(params.C, params.G), min(params.L, room)) if params.C else []
-    return (found + pool.candidates(pending, min(params.N - 1, room)))[: params.G]
+    chosen = context.candidates(min(params.C, params.G), min(params.L, room)) if params.C else []
+    for candidate in pool.candidates(pending, min(params.N - 1, room)):
+        if len(chosen) >= params.G:
+            break
+        if not any(other[: len(candidate)] == candidate for other in chosen):  # else it adds no trie node
+            chosen.append(candidate)
+    return chosen[: params.G]
 
 
 @attrs.define(eq=False)
