@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile plugins/decodekit-prompt-lookup/pyproject.toml
 	$(PIP) install -q -e plugins/decodekit-prompt-lookup
 	touch $(STAMP)
 
-# Lookahead in bfloat16 is the fastest exact configuration measured on this project's CPU (docs/benchmarks.md).
+# float32 (the default dtype), where lookahead's output is identical to greedy's; speed figures: docs/benchmarks.md.
 demo: setup
 	$(VENV)/bin/decodekit generate "Summarize in one sentence: The city council met on Tuesday to discuss \
 	the new budget. After three hours of debate, the council approved the budget, which increases funding \

@@ -39,7 +39,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", metavar="STRATEGY",
                         help="also try a grid of STRATEGY's parameters and report the fastest (e.g. lookahead)")
     parser.add_argument("--sweep-grid", metavar="GRID", help="the grid, e.g. 'W=4,7,10;N=3,5;G=W' "
-                        "(default for lookahead: W=1,4;N=3,5;C=0,2)")
+                        "(default for lookahead: W=1,6;N=3,5;C=0,2)")
     parser.add_argument("--out", default="bench-out", metavar="DIR", help="where results go (default: bench-out)")
     parser.add_argument("--time-limit", type=float, metavar="SECONDS",
                         help="start no further prompt after about SECONDS (questions run round robin over the "

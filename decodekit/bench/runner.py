@@ -98,8 +98,12 @@ def _rotated(specs: Sequence[MethodSpec], index: int) -> list[MethodSpec]:
 
 
 def warm_up(specs: Sequence[MethodSpec], model: Any, prompt: Prompt, drafts: Mapping[str, Any],
-            max_new_tokens: int = 8) -> None:
-    """Run every method once on a short generation: first-call costs stay out of the timings."""
+            max_new_tokens: int) -> None:
+    """Run every method once, untimed, for as many tokens as the timed runs: first-call costs stay out.
+
+    The full length, because a multi-token strategy's step width changes from step to step, and a
+    short warm-up meets only a few of the input shapes the timed runs will.
+    """
     device = model.device
     ids = _to_ids(prompt.input_ids, device)
     for spec in specs:
@@ -210,7 +214,7 @@ def run(model: Any, specs: Sequence[MethodSpec], *, questions: Sequence[Question
                 break
             if index == 0 and warmup:
                 bar.set_description("warm-up")
-                warm_up(specs, model, prompt, drafts)
+                warm_up(specs, model, prompt, drafts, max_new_tokens)
 
             def tick(label: str, prompt: Prompt = prompt) -> None:
                 bar.set_description(f"{prompt.category}:{prompt.question_id} {label}")

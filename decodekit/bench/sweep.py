@@ -2,7 +2,7 @@
 
 A grid is `KEY=V1,V2;KEY=V1,V2;KEY=OTHER`: each key takes each of its values, and `KEY=OTHER`
 ties a key to another key's value (`W=5,15;N=5;G=W` tries the paper's G=W). Lookahead's default
-`W=1,4;N=3,5;C=0,2` tries 8 configurations. Every configuration is validated before any work.
+`W=1,6;N=3,5;C=0,2` tries 8 configurations. Every configuration is validated before any work.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from decodekit.errors import StrategyParameterError
 from decodekit.plugins.manager import get_registry
 
 # Kept small: each configuration runs on every prompt. Widen it with --sweep-grid.
-DEFAULT_GRIDS = {"lookahead": "W=1,4;N=3,5;C=0,2", "jacobi": "block_size=4,8,16"}
+DEFAULT_GRIDS = {"lookahead": "W=1,6;N=3,5;C=0,2", "jacobi": "block_size=4,8,16"}
 
 
 def parse_grid(strategy: str, text: str) -> list[dict[str, str]]:
