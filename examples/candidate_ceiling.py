@@ -115,8 +115,7 @@ def main() -> None:
         "pool N=5 G=4 (C=0)": pool_source(5, 4),
         "pool N=5 G=15 (C=0)": pool_source(5, 15),
         "context C=2 L=8": context_source(2, 8),
-        "context C=2 L=8 + pool N=5, G=4 in all (the verification branch of the earlier defaults)": context_source(2, 8, (5, 4), 4),
-        "context C=2 L=8 + pool N=3, G=8 in all (the defaults' verification branch)": context_source(2, 8, (3, 8), 8),
+        "context C=2 L=8 + pool N=5, G=4 in all (the defaults)": context_source(2, 8, (5, 4), 4),
         "context C=16 L=16 + pool N=5 G=16": context_source(16, 16, (5, 16)),
         f"oracle: the longest copy from anywhere earlier, up to {ORACLE_LENGTH} tokens": None,
     }

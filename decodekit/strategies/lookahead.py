@@ -36,9 +36,9 @@ CONTEXT = 4  # the longest suffix the context index matches
 class LookaheadParams:
     # Defaults tuned for 2-core CPUs (see docs/lookahead.md); the paper's A100 setting is W=15, N=5, G=15
     # (and C=0 for its pool alone).
-    W: int = param(6, ge=1, le=64, help="window width: Jacobi columns advanced per step")
-    N: int = param(3, ge=2, le=16, help="n-gram size: N-1 window levels; a pool candidate commits at most N tokens")
-    G: int = param(8, ge=0, le=64, help="candidates verified per step, and kept per pool key (0: no verification)")
+    W: int = param(1, ge=1, le=64, help="window width: Jacobi columns advanced per step")
+    N: int = param(5, ge=2, le=16, help="n-gram size: N-1 window levels; a pool candidate commits at most N tokens")
+    G: int = param(4, ge=0, le=64, help="candidates verified per step, and kept per pool key (0: no verification)")
     pool_from_prompt: bool = param(True, help="also seed the pool with the prompt's and the output's n-grams")
     C: int = param(2, ge=0, le=16, help="of the G candidates, how many may be context candidates: what followed "
                                         "the longest earlier matches of the text's end")
@@ -52,19 +52,11 @@ def choose_candidates(params: LookaheadParams, context: ContextIndex, pool: Ngra
                       room: int) -> list[tuple[int, ...]]:
     """At most G: context candidates first (a long match predicts well), then the pool's for `pending`.
 
-    A pool candidate that is a prefix of one already chosen is skipped: it would add no trie node,
-    only take a place among the G.
-
     `room`: how many tokens may still come after the bonus token; every candidate is cut to it.
     State-free, so offline tools (examples/candidate_ceiling.py) replay exactly what a step verifies.
     """
-    chosen = context.candidates(min(params.C, params.G), min(params.L, room)) if params.C else []
-    for candidate in pool.candidates(pending, min(params.N - 1, room)):
-        if len(chosen) >= params.G:
-            break
-        if not any(other[: len(candidate)] == candidate for other in chosen):  # else it adds no trie node
-            chosen.append(candidate)
-    return chosen[: params.G]
+    found = context.candidates(min(params.C, params.G), min(params.L, room)) if params.C else []
+    return (found + pool.candidates(pending, min(params.N - 1, room)))[: params.G]
 
 
 @attrs.define(eq=False)

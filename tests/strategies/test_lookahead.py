@@ -106,7 +106,7 @@ def test_context_index_prefers_the_longest_match_then_the_most_recent():
     assert index.candidates(count=0, max_length=3) == [] and index.candidates(count=2, max_length=0) == []
 
 
-def test_candidates_put_context_first_and_skip_pool_prefixes_of_chosen_ones():
+def test_candidates_put_context_first_then_the_pool_at_most_g():
     index = ContextIndex(max_context=4)
     index.extend([7, 1, 2, 3, 4, 9, 7])  # the suffix (7,) occurred before, followed by 1 2 3 4
     pool = NgramPool(n=3, capacity=4)
@@ -114,10 +114,9 @@ def test_candidates_put_context_first_and_skip_pool_prefixes_of_chosen_ones():
         pool.add(7, continuation)
     params = LookaheadParams(C=1, L=3, N=3, G=3)
     assert choose_candidates(params, index, pool, pending=7, room=10) == [(1, 2, 3), (2, 2), (1, 8)]
-    # (1, 2) is a prefix of the context candidate (1, 2, 3): skipped, so (5, 6) gets the fourth place
-    assert choose_candidates(attrs.evolve(params, G=4), index, pool, 7, 10) == [(1, 2, 3), (2, 2), (1, 8), (5, 6)]
+    assert choose_candidates(attrs.evolve(params, G=5), index, pool, 7, 10) == [(1, 2, 3), (2, 2), (1, 8), (1, 2), (5, 6)]
     assert choose_candidates(attrs.evolve(params, C=0), index, pool, 7, 10) == [(2, 2), (1, 8), (1, 2)]
-    assert choose_candidates(params, index, pool, 7, room=1) == [(1,), (2,), (5,)]  # cut to the room, then deduplicated
+    assert choose_candidates(params, index, pool, 7, room=1) == [(1,), (2,), (1,)]  # every candidate cut to the room
     assert choose_candidates(attrs.evolve(params, G=0), index, pool, 7, 10) == []
 
 
