@@ -48,7 +48,7 @@ def pool_source(n: int, g: int) -> Source:
 
 def context_source(c: int, length: int, pool: tuple[int, int] | None = None, g: int | None = None) -> Source:
     """Context candidates (C=c, L=length), then the pool's (N, G) as lookahead's verification picks them."""
-    n, pool_g = pool if pool else (2, 0)
+    n, pool_g = pool if pool else (2, 0)  # no pool: it keeps nothing (capacity 0), so N plays no part
     params = LookaheadParams(C=c, L=length, N=n, G=g if g is not None else c + pool_g)
 
     def start(prompt: list[int]):
