@@ -33,17 +33,8 @@ Source = Callable[[list[int]], Callable[[list[int], int], list[tuple[int, ...]]]
 
 
 def pool_source(n: int, g: int) -> Source:
-    def start(prompt: list[int]):
-        pool = NgramPool(n=n, capacity=g)
-        pool.add_sequence(prompt)
-        seen = [len(prompt)]
-
-        def propose(text: list[int], room: int) -> list[tuple[int, ...]]:
-            pool.add_sequence(text, first_end=seen[0])
-            seen[0] = len(text)
-            return pool.candidates(text[-1], min(n - 1, room))
-        return propose
-    return start
+    """The n-gram pool alone (C=0), fed with the prompt's and the output's n-grams."""
+    return context_source(0, 1, (n, g), g)
 
 
 def context_source(c: int, length: int, pool: tuple[int, int] | None = None, g: int | None = None) -> Source:
