@@ -2,27 +2,26 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python examples/bench_jacobi_speculative.py [--prompts 10] [--max-new-tokens 64]
 
-SmolLM2-135M-Instruct in float32 on the CPU. Prompts: Spec-Bench's question.jsonl ($DECODEKIT_SPEC_BENCH,
-else ../shared/data/spec_bench/question.jsonl), else ten built-in prompts. Every configuration runs on
-every prompt, interleaved prompt by prompt so that load on a shared machine hits them alike; each
-output is checked against greedy's. Prints a markdown table.
+SmolLM2-135M-Instruct in float32 on the CPU. Prompts: the first turns of Spec-Bench's question.jsonl
+($DECODEKIT_SPEC_BENCH, else ../shared/data/spec_bench/question.jsonl), taken round-robin over the
+categories as `decodekit bench` and the real-model tests take them; else ten built-in prompts.
+Every configuration runs on every prompt, interleaved prompt by prompt so that load on a shared
+machine hits them alike; each output is checked against greedy's. Prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 
 import decodekit
+from decodekit.bench.questions import default_questions_path, read_questions, select
 from decodekit.strategies.speculative import int8_draft, truncated_draft
 
-ROOT = Path(__file__).resolve().parents[1]
 FALLBACK_PROMPTS = [
     "Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural experiences.",
     "Write a short Python function that checks whether a string is a palindrome, and explain it.",
@@ -41,11 +40,11 @@ FALLBACK_PROMPTS = [
 
 
 def prompts(count: int) -> tuple[list[str], str]:
-    path = Path(os.environ.get("DECODEKIT_SPEC_BENCH") or ROOT / "../shared/data/spec_bench/question.jsonl")
+    """`count` first turns, round-robin over the categories (the bench's reader and order)."""
+    path = default_questions_path()
     if not path.is_file():
         return FALLBACK_PROMPTS[:count], "built-in prompts (no Spec-Bench question.jsonl found)"
-    turns = [json.loads(line)["turns"][0] for line in path.read_text().splitlines() if line.strip()]
-    return turns[:: max(1, len(turns) // count)][:count], str(path)
+    return [q.turns[0] for q in select(read_questions(path))[:count]], str(path)
 
 
 def configurations(model):
