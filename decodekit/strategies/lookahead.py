@@ -46,8 +46,6 @@ class LookaheadParams:
     idle_window: str = param("auto", choices=("auto", "on", "off"),
                              help="on a step with no candidate to verify, run the window anyway (on, as the "
                                   "paper does) or make it a one-token forward (off); auto: on when W > 1")
-    trie_ngrams: bool = param(True, help="also add to the pool the n-gram that ends in each trie node's output "
-                                         "(the model's next token after that node's text)")
 
 
 def choose_candidates(params: LookaheadParams, context: ContextIndex, pool: NgramPool, pending: int,
@@ -191,23 +189,8 @@ class Lookahead(Decoder):
         else:
             self.levels.append(outputs)
 
-    def harvest_trie(self, plan: StepPlan, argmax: dict[int, int], tail: list[int]) -> None:
-        """Every trie node's output is the model's next token after (committed text + the node's path):
-        the last N - 1 tokens of that text and the output make an n-gram, added to the pool like the window's.
-
-        `tail`: the last N - 1 committed tokens (ending with the pending token). Costs no model work.
-        """
-        n, trie = self.params.N, plan.trie
-        paths: list[list[int]] = []  # paths[i]: trie tokens from the root down to node i
-        for node, (token, parent) in enumerate(zip(trie.tokens, trie.parents)):
-            paths.append((paths[parent] if parent >= 0 else []) + [token])
-            text = (tail + paths[node])[-(n - 1):] + [argmax[plan.trie_start + node]]
-            if len(text) == n:
-                self.pool.add(text[0], text[1:])
-
     def step(self, state: DecodeState) -> list[int]:
         plan = self.propose(state)
-        tail = state.tokens[-(self.params.N - 1):]
         start = state.kv.length
         rows = plan.output_rows()
         kept = state.forward(plan.tokens, tree_layout(plan.parents), logits_to_keep=rows)  # (K, V)
@@ -218,8 +201,6 @@ class Lookahead(Decoder):
             committed, accepted = self.verify_sampling(state, plan, dict(zip(rows, kept)))
         state.kv.keep_appended(start, [0] + accepted)  # the pending token and the accepted drafts
         self.advance_window(plan, argmax)
-        if self.params.trie_ngrams:
-            self.harvest_trie(plan, argmax, tail)
         if self.params.pool_from_prompt:
             self.pool.add_sequence(state.tokens + committed, first_end=len(state.tokens))
         if self.params.C:

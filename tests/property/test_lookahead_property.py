@@ -30,7 +30,7 @@ def cases(draw):
         max_new_tokens=draw(st.one_of(st.integers(1, 64), st.integers(24, 64))),
         W=draw(st.integers(1, 16)), N=draw(st.integers(2, 8)), G=draw(st.integers(0, 16)),
         pool_from_prompt=draw(st.booleans()), C=draw(st.integers(0, 4)), L=draw(st.integers(1, 16)),
-        idle_window=draw(st.sampled_from(("auto", "on", "off"))), trie_ngrams=draw(st.booleans()),
+        idle_window=draw(st.sampled_from(("auto", "on", "off"))),
     )
 
 
@@ -44,7 +44,7 @@ def test_lookahead_equals_greedy(case):
         free = decodekit.generate(model, ids, max_new_tokens=case["max_new_tokens"], eos_token_id=[])
         eos = eos.resolve(free.sequences[0, ids.shape[1]:].tolist())
     greedy = decodekit.generate(model, ids, max_new_tokens=case["max_new_tokens"], eos_token_id=eos)
-    params = {k: case[k] for k in ("W", "N", "G", "pool_from_prompt", "C", "L", "idle_window", "trie_ngrams")}
+    params = {k: case[k] for k in ("W", "N", "G", "pool_from_prompt", "C", "L", "idle_window")}
     out = decodekit.generate(model, ids, "lookahead", max_new_tokens=case["max_new_tokens"], eos_token_id=eos, **params)
     want, got = greedy.sequences[0].tolist(), out.sequences[0].tolist()
     assert got == want, (f"lookahead {params} differs from greedy at position {first_difference(got, want)} "

@@ -6,7 +6,7 @@ import torch
 
 import decodekit
 from decodekit.errors import StrategyParameterError
-from decodekit.strategies.lookahead import Lookahead, LookaheadParams, StepPlan, choose_candidates
+from decodekit.strategies.lookahead import LookaheadParams, choose_candidates
 from decodekit.strategies.ngram_pool import ContextIndex, NgramPool, Trie
 from decodekit.testing import tiny_model
 
@@ -118,21 +118,6 @@ def test_candidates_put_context_first_then_the_pool_at_most_g():
     assert choose_candidates(attrs.evolve(params, C=0), index, pool, 7, 10) == [(2, 2), (1, 8), (1, 2)]
     assert choose_candidates(params, index, pool, 7, room=1) == [(1,), (2,), (1,)]  # every candidate cut to the room
     assert choose_candidates(attrs.evolve(params, G=0), index, pool, 7, 10) == []
-
-
-def test_each_trie_nodes_output_ends_an_n_gram_for_the_pool():
-    decoder = Lookahead(LookaheadParams(W=2, N=3, G=4))
-    decoder.pool = NgramPool(n=3, capacity=4)
-    trie = Trie.build([(4, 5), (8,)])  # nodes: 0 = 4, 1 = 4 5, 2 = 8
-    # one window level of 2 columns sits between the pending token (index 0) and the trie (from index 3)
-    plan = StepPlan(tokens=[7, 11, 12, *trie.tokens], parents=[-1, 0, 1, 0, 3, 0], width=2, levels=1, trie=trie)
-    argmax = {0: 4, 1: 9, 2: 9, 3: 5, 4: 6, 5: 1}  # the model's next token after each row
-    decoder.harvest_trie(plan, argmax, tail=[3, 7])  # ... 3 7 committed, 7 pending
-    # text up to each node + its output: 3 7 4 -> 5; 3 7 4 5 -> 6; 3 7 8 -> 1; each n-gram is its last 3 tokens
-    assert decoder.pool.table == {7: [(8, 1), (4, 5)], 4: [(5, 6)]}
-    decoder.pool = NgramPool(n=3, capacity=4)
-    decoder.harvest_trie(plan, argmax, tail=[])  # nothing before the trie: only node 1's text (4 5 -> 6) is long enough
-    assert decoder.pool.table == {4: [(5, 6)]}
 
 
 def test_trie_merges_shared_prefixes():
