@@ -31,15 +31,15 @@ def main() -> None:
     parser.add_argument("--per-category", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args()
-    try:
-        specs = [parse_method(text) for text in args.methods]  # validated before the model loads
+    try:  # methods and questions are checked before the model loads
+        specs = [parse_method(text) for text in args.methods]
+        questions = select(read_questions(default_questions_path()), per_category=args.per_category)
     except DecodekitError as exc:
         parser.error(str(exc))
     for spec in specs:
         if spec.family != "decodekit" or spec.draft is not None:
             parser.error(f"{spec.label!r}: only decodekit strategies without a draft model are counted here")
     model, tokenizer = load_default(args.dtype)
-    questions = select(read_questions(default_questions_path()), per_category=args.per_category)
     prompts = [chat_ids(tokenizer, q.turns[0]) for q in questions]
     print(f"| method | tokens/forward | tokens computed/step ({args.dtype}, {len(prompts)} prompts, "
           f"{args.max_new_tokens} new tokens) |")
