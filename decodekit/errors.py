@@ -32,3 +32,7 @@ class PluginError(DecodekitError):
 
 class ModelNotInstalledError(DecodekitError, ImportError):
     """The default model's wheel (or what reading GGUF needs) is not installed."""
+
+
+class ModelCacheError(DecodekitError):
+    """The default model's cache folder cannot be written, so a missing or damaged conversion cannot be redone."""
