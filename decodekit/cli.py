@@ -1,12 +1,19 @@
-"""The command line: `decodekit generate | strategies | bench | verify`."""
+"""The command line: `decodekit generate | strategies | bench | verify`.
+
+Start-up imports nothing heavy (decodekit's package loads its names lazily), and `main` wraps the
+whole run, argument parsing and imports included, so that Ctrl-C at any moment ends with one line
+and exit status 130, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
+import signal
 import sys
-import time
-from typing import Any, Sequence
+import threading
+from typing import Any, Iterable, Sequence
 
 # Each subcommand NAME lives in a module with `add_NAME_arguments(parser)` and `run_NAME(args) -> int`.
 SUBCOMMANDS = {
@@ -16,30 +23,105 @@ SUBCOMMANDS = {
     "verify": ("decodekit.cli_verify", "check on real prompts that a strategy's output equals greedy decoding"),
 }
 
+INTERRUPTED = 130  # the shell's status for a process ended by SIGINT (128 + 2)
+
+# A strategy parameter on the command line: NAME=VALUE with no white space (W=15, max_ngram=2).
+_PARAM_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=\S*")
+
+
+def is_param_word(word: str) -> bool:
+    """Whether a command-line word is a KEY=VALUE strategy parameter (rather than a prompt or a stray word)."""
+    return _PARAM_WORD.fullmatch(word) is not None
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="decodekit", description="Exact, faster decoding for HuggingFace causal LMs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.set_defaults(commands={})
     for name, (module, help_text) in SUBCOMMANDS.items():
         mod = importlib.import_module(module)
         command = sub.add_parser(name, help=help_text, description=help_text)
         getattr(mod, f"add_{name}_arguments")(command)
         command.set_defaults(handler=getattr(mod, f"run_{name}"))
+        parser.get_default("commands")[name] = command
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from decodekit.errors import DecodekitError
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a command line; KEY=VALUE strategy parameters may stand anywhere after the subcommand.
 
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # the exact command, for reports
+    argparse takes a command's positional words in one run, so `generate "Hi" --strategy lookahead W=2`
+    would leave `W=2` unrecognised; such words (any that is not an option) are gathered into the
+    positional list that a command names with `set_defaults(param_words=DEST)`, which the command then
+    sorts into prompt and KEY=VALUE parameters. An unknown option is an error of that subcommand.
+    """
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    command = parser.get_default("commands")[args.command]
+    dest = getattr(args, "param_words", None)  # the positional list a command's KEY=VALUE words go to
+    stray = [w for w in extras if w.startswith("-") or dest is None]
+    if stray:
+        command.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extras:
+        setattr(args, dest, [*getattr(args, dest), *extras])
+    args.parser = command
+    return args
+
+
+class _Interrupt:
+    """SIGINT seen during this run. Libraries may turn the KeyboardInterrupt into another exception (an
+    interrupt inside one of transformers' lazy imports surfaces as ModuleNotFoundError), so main()
+    asks this flag rather than trusting the exception's type."""
+
+    seen = False
+
+    @classmethod
+    def handler(cls, signum: int, frame: Any) -> None:
+        cls.seen = True
+        raise KeyboardInterrupt
+
+
+def _interrupted() -> int:
+    print("decodekit: interrupted", file=sys.stderr)
+    return INTERRUPTED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    _Interrupt.seen = False
+    own_handler = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _Interrupt.handler) if own_handler else None
     try:
+        from decodekit.errors import DecodekitError
+
+        args = parse_args(words)
+        args.argv = words  # the exact command, for reports
         return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return _interrupted()
     except DecodekitError as exc:
+        if _Interrupt.seen:
+            return _interrupted()
         print(f"decodekit: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except Exception:
+        if _Interrupt.seen:
+            return _interrupted()
+        raise
+    finally:
+        if own_handler:
+            signal.signal(signal.SIGINT, previous)
+
+
+def check_lengths(config: Any, max_new_tokens: int, prompts: Iterable[tuple[str, int]]) -> None:
+    """Every prompt's length + --max-new-tokens must fit the model (`config`: its config, read before the
+    weights load); prompts are (how to name it, its length in tokens)."""
+    from decodekit.core.backend import LengthLimits
+
+    limits = LengthLimits.of(config)
+    limits.check(max_new_tokens, f"--max-new-tokens {max_new_tokens}")
+    for label, length in prompts:
+        limits.check(length + max_new_tokens, f"{label}: its {length} tokens + --max-new-tokens {max_new_tokens}")
 
 
 def parse_strategy_params(strategy: str, items: Sequence[str]) -> dict[str, Any]:
@@ -63,12 +145,6 @@ def parse_strategy_params(strategy: str, items: Sequence[str]) -> dict[str, Any]
             raise StrategyParameterError(f"{strategy}: {exc}") from None
     registry.make_params(strategy, out)
     return out
-
-
-def timed(fn, *args, **kwargs):
-    began = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - began
 
 
 if __name__ == "__main__":

@@ -50,13 +50,22 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     from decodekit.bench import api, questions as qs, report
+    from decodekit.cli import INTERRUPTED, check_lengths
+    from decodekit.core.backend import load_config, load_tokenizer
     from decodekit.errors import InputError
+    from decodekit.models import chat_ids
 
     if args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise InputError(f"--time-limit must be a number of seconds > 0, got {args.time_limit}")
     specs, _plan = api.plan_methods(args.strategies, args.sweep, args.sweep_grid)  # typos fail before any work
     path = Path(args.questions) if args.questions else qs.default_questions_path()
     chosen = qs.select(qs.read_questions(path), args.categories, args.per_category)
+    folder = api.model_folder(args.model)
+    tokenizer = load_tokenizer(folder)
+    check_lengths(load_config(folder), args.max_new_tokens,
+                  ((f"question {q.question_id} ({q.category})", chat_ids(tokenizer, q.turns[0]).shape[1]) for q in chosen))
     print(f"{len(chosen)} questions, {len(specs)} methods: {', '.join(s.label for s in specs)}", file=sys.stderr)
     print(f"loading model {args.model} ({args.dtype}) ...", file=sys.stderr)
     model, tokenizer = api.load_model(args.model, args.dtype)
@@ -69,6 +78,10 @@ def run_bench(args: argparse.Namespace) -> int:
                         progress=not args.no_progress, sweep=args.sweep, sweep_grid=args.sweep_grid,
                         load_draft=lambda name: api.load_model(name, args.dtype)[0],
                         out=args.out, command=command, config=config, time_limit=args.time_limit)
+    if doc["config"]["interrupted"]:
+        print(f"decodekit: interrupted; partial results ({doc['config']['prompts_run']} of "
+              f"{doc['config']['prompts_planned']} prompts) in {args.out}/", file=sys.stderr)
+        return INTERRUPTED
     print(report.terminal_table(doc))
     if doc["sweep"]:
         print(f"fastest {doc['sweep']['strategy']} configuration: {doc['sweep']['fastest']}")

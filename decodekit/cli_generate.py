@@ -6,12 +6,16 @@ import argparse
 import sys
 from typing import Any
 
-from decodekit.cli import parse_strategy_params
+from decodekit.cli import check_lengths, parse_strategy_params
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", help="the user message; it goes through the model's chat template")
-    parser.add_argument("params", nargs="*", metavar="KEY=VALUE", help="strategy parameters, e.g. W=7 N=4 G=7")
+    parser.usage = "%(prog)s PROMPT [KEY=VALUE ...] [options]"
+    parser.set_defaults(param_words="words")
+    parser.add_argument("words", nargs="+", metavar="PROMPT [KEY=VALUE ...]",
+                        help="the user message (it goes through the model's chat template) and strategy parameters "
+                             "such as W=7 N=4 G=7, anywhere on the line: a word NAME=VALUE without spaces is a "
+                             "parameter, the other word is the prompt")
     parser.add_argument("--strategy", default="greedy", help="a name from `decodekit strategies` (default: greedy)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="default: 128")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
@@ -22,11 +26,31 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                              "norm and head (default: three quarters of its layers)")
 
 
+def split_prompt(words: list[str]) -> tuple[str, list[str]]:
+    """The one prompt among the command's positional words, and the KEY=VALUE parameter words."""
+    from decodekit.cli import is_param_word
+    from decodekit.errors import InputError
+
+    prompts = [w for w in words if not is_param_word(w)]
+    params = [w for w in words if is_param_word(w)]
+    if len(prompts) != 1:
+        found = "no prompt" if not prompts else f"{len(prompts)} prompts ({', '.join(map(repr, prompts))})"
+        raise InputError(f"generate takes one PROMPT (quote it if it has spaces) and KEY=VALUE strategy parameters; "
+                         f"got {found}" + (f" beside the parameters {' '.join(params)}" if params else ""))
+    return prompts[0], params
+
+
 class _Streamer:
     """Prints text as tokens are committed, decoding the whole output so multi-token characters come out whole."""
 
     def __init__(self, tokenizer, enabled: bool) -> None:
         self.tokenizer, self.enabled, self.ids, self.shown = tokenizer, enabled, [], ""
+
+    def end_line(self) -> None:
+        """After an interrupt: finish the streamed line so that the shell's prompt starts on a line of its own."""
+        if self.enabled and self.shown and not self.shown.endswith("\n"):
+            sys.stdout.write("\n")
+            sys.stdout.flush()
 
     def __call__(self, tokens: list[int]) -> None:
         self.ids.extend(tokens)
@@ -42,38 +66,55 @@ class _Streamer:
 
 def run_generate(args: argparse.Namespace) -> int:
     import decodekit
+    from decodekit.core import backend
     from decodekit.errors import InputError
     from decodekit.plugins.manager import get_registry
 
+    # Everything that can be checked is checked before the model loads.
+    prompt, param_words = split_prompt(args.words)
     registry = get_registry()
-    registry.get(args.strategy)
-    params = parse_strategy_params(args.strategy, args.params)
+    info = registry.get(args.strategy)
+    params = parse_strategy_params(args.strategy, param_words)
     if args.compare is not None:
         registry.get(args.compare)
     if args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.draft_layers is not None and not registry.get(args.strategy).capabilities.needs_draft_model:
+    if args.draft_layers is not None and not info.capabilities.needs_draft_model:
         raise InputError(f"--draft-layers was given but strategy {args.strategy!r} does not use a draft model")
-    print(f"loading {decodekit.models.DEFAULT_MODEL} ({args.dtype}) ...", file=sys.stderr)
-    model, tokenizer = decodekit.models.load_default(args.dtype)
-    ids = decodekit.models.chat_ids(tokenizer, args.prompt)
-    decodekit.generate(model, ids, "greedy", max_new_tokens=2)  # warm-up: first-call costs stay out of the timing
+    folder = decodekit.models.default_folder()
+    config = backend.load_config(folder)
+    layer_count = config.get_text_config(decoder=True).num_hidden_layers
+    if args.draft_layers is not None and not 1 <= args.draft_layers <= layer_count:
+        raise InputError(f"--draft-layers must be in [1, {layer_count}] (the model's layer count), got {args.draft_layers}")
+    tokenizer = backend.load_tokenizer(folder)
+    ids = decodekit.models.chat_ids(tokenizer, prompt)  # (1, T)
+    check_lengths(config, args.max_new_tokens, [("the prompt", ids.shape[1])])
 
-    if registry.get(args.strategy).capabilities.needs_draft_model:
+    print(f"loading {decodekit.models.DEFAULT_MODEL} ({args.dtype}) ...", file=sys.stderr)
+    model, _ = decodekit.models.load_default(args.dtype)
+    # warm-up on the prompt's first few tokens: first-call costs stay out of the timing, a long prompt's prefill too
+    decodekit.generate(model, ids[:, :8], "greedy", max_new_tokens=2)
+
+    if info.capabilities.needs_draft_model:
         from decodekit.strategies.speculative import truncated_draft
 
         layers = args.draft_layers
         if layers is None:
-            layers = max(1, 3 * model.config.get_text_config().num_hidden_layers // 4)
+            layers = max(1, 3 * layer_count // 4)
         params["draft_model"] = truncated_draft(model, layers=layers)
         print(f"draft model: the first {layers} layers of {decodekit.models.DEFAULT_MODEL}", file=sys.stderr)
 
     streamer = _Streamer(tokenizer, enabled=not args.no_stream)
-    out = decodekit.generate(model, ids, args.strategy, max_new_tokens=args.max_new_tokens, on_step=streamer, **params)
+    try:
+        out = decodekit.generate(model, ids, args.strategy, max_new_tokens=args.max_new_tokens, on_step=streamer,
+                                 **params)
+    except KeyboardInterrupt:
+        streamer.end_line()
+        raise
     if args.no_stream:
         print(tokenizer.decode(streamer.ids, skip_special_tokens=True), end="")
     print()
-    label = args.strategy + (" " + " ".join(args.params) if args.params else "")
+    label = args.strategy + (" " + " ".join(param_words) if param_words else "")
     print(f"[{label}] {out.stats.summary()}", file=sys.stderr)
     if args.compare is not None:
         base = decodekit.generate(model, ids, args.compare, max_new_tokens=args.max_new_tokens)

@@ -29,6 +29,7 @@ import torch
 from decodekit.bench.questions import ENV_QUESTIONS as SPEC_BENCH_ENV
 from decodekit.bench.questions import default_questions_path, read_questions
 from decodekit.cli import parse_strategy_params
+from decodekit.fileio import write_text
 
 # Below this greedy top-2 logit margin a first difference counts as a numerical near-tie. The values
 # are a few times the logit error a reordered reduction causes in a ~100M-parameter model at that
@@ -107,6 +108,13 @@ def load_model(spec: str, dtype: str) -> tuple[Any, Any]:
     return load(spec, dtype)
 
 
+def model_folder(spec: str) -> Path:
+    """Where `default` or a model folder's files are (checked to be a model folder), before any weights load."""
+    from decodekit.bench.api import model_folder as folder
+
+    return folder(spec)
+
+
 def encode(tokenizer: Any, text: str) -> torch.Tensor:
     """A prompt through the chat template when the tokenizer has one, else as plain text -> (1, T)."""
     import decodekit
@@ -126,6 +134,21 @@ def top2_margin(model: Any, prefix: list[int]) -> float:
         logits = backend.forward(ids, torch.arange(ids.shape[0]), backend.new_cache(), None, logits_to_keep=1)  # (1, V)
     top = logits[-1].double().topk(2).values  # (2,)
     return float(top[0] - top[1])
+
+
+def encode_checked(model_spec: str, rows: list[Prompt], max_new_tokens: int) -> list[torch.Tensor]:
+    """Every prompt as (1, T) ids, each checked against the model's length limits: from its config and
+    tokenizer alone, before its weights load."""
+    from decodekit.cli import check_lengths
+    from decodekit.core.backend import load_config, load_tokenizer
+
+    folder = model_folder(model_spec)
+    tokenizer = None if all(row.input_ids is not None for row in rows) else load_tokenizer(folder)
+    out = [torch.tensor([row.input_ids], dtype=torch.long) if row.input_ids is not None
+           else encode(tokenizer, row.text) for row in rows]  # each (1, T)
+    check_lengths(load_config(folder), max_new_tokens,
+                  ((f"prompt q{row.question_id} ({row.category})", ids.shape[1]) for row, ids in zip(rows, out)))
+    return out
 
 
 @attrs.frozen(kw_only=True)
@@ -166,7 +189,9 @@ def judge(model: Any, tokenizer: Any, dtype: str, prompt_ids: list[int], greedy:
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("params", nargs="*", metavar="KEY=VALUE", help="strategy parameters, e.g. max_ngram=2")
+    parser.set_defaults(param_words="params")
+    parser.add_argument("params", nargs="*", metavar="KEY=VALUE",
+                        help="strategy parameters, e.g. max_ngram=2, anywhere on the line")
     parser.add_argument("--strategy", required=True, help="a name from `decodekit strategies`")
     parser.add_argument("--model", default=None,
                         help="'default' (SmolLM2-135M-Instruct, offline) or a local HuggingFace model folder "
@@ -242,6 +267,10 @@ def run_verify(args: argparse.Namespace) -> int:
     model_spec, dtype, max_new_tokens = _settle(args, golden)
     threshold = NEAR_TIE_MARGIN[dtype]
 
+    prompt_ids = encode_checked(model_spec, rows, max_new_tokens)
+    if args.draft_model is not None:
+        model_folder(args.draft_model)  # a wrong path fails before the target loads
+
     label = args.strategy + (" " + " ".join(args.params) if args.params else "")
     print(f"verify {label} against greedy: {len(rows)} prompts, model {model_spec} ({dtype}), "
           f"max_new_tokens {max_new_tokens}" + (f", golden {args.check}" if args.check else ""), flush=True)
@@ -250,8 +279,7 @@ def run_verify(args: argparse.Namespace) -> int:
         params = {**params, "draft_model": load_model(args.draft_model, dtype)[0]}
     records = []
     counts = {"identical": 0, "near-tie": 0, "mismatch": 0}
-    for row in rows:
-        ids = torch.tensor([row.input_ids], dtype=torch.long) if row.input_ids is not None else encode(tokenizer, row.text)
+    for row, ids in zip(rows, prompt_ids):
         n = ids.shape[1]
         if row.golden is not None:
             greedy = list(row.golden)
@@ -269,7 +297,7 @@ def run_verify(args: argparse.Namespace) -> int:
                         "greedy": greedy})
     if args.record is not None:
         args.record.parent.mkdir(parents=True, exist_ok=True)
-        args.record.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        write_text(args.record, "".join(json.dumps(r) + "\n" for r in records))
         print(f"wrote {len(records)} golden outputs (greedy) to {args.record}")
     print(f"{len(rows)} prompts: {counts['identical']} identical, {counts['near-tie']} near-ties, "
           f"{counts['mismatch']} real mismatches (near-tie: greedy top-2 logit margin < {threshold:g} in {dtype} "

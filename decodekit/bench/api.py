@@ -13,6 +13,19 @@ from decodekit.bench.questions import Question
 from decodekit.errors import InputError
 
 
+def model_folder(name: str) -> Path:
+    """'default' -> the default model's converted folder (made on first use); else a local HuggingFace folder."""
+    from decodekit.models import default_folder
+
+    if name == "default":
+        return default_folder()
+    path = Path(name)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise InputError(f"--model must be 'default' or a local HuggingFace model folder (with config.json), "
+                         f"got {name!r}")
+    return path
+
+
 def load_model(name: str, dtype: str = "float32") -> tuple[Any, Any]:
     """'default' -> decodekit.models.load_default(dtype); a local HuggingFace folder -> (model, tokenizer)."""
     from decodekit.core.backend import load_pretrained
@@ -20,11 +33,7 @@ def load_model(name: str, dtype: str = "float32") -> tuple[Any, Any]:
 
     if name == "default":
         return load_default(dtype)
-    path = Path(name)
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise InputError(f"--model must be 'default' or a local HuggingFace model folder (with config.json), "
-                         f"got {name!r}")
-    return load_pretrained(path, resolve_dtype(dtype))
+    return load_pretrained(model_folder(name), resolve_dtype(dtype))
 
 
 def plan_methods(methods: Sequence[str | MethodSpec] | None, sweep: str | None = None,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from decodekit.fileio import replacing, write_text
+
 COLUMNS = (
     ("method", "method"),
     ("tokens/s", "tokens_per_second"),
@@ -78,9 +80,8 @@ def markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         f"- software: Python {software['python']}, torch {software['torch']}, transformers "
         f"{software['transformers']}, decodekit {software['decodekit']}",
         f"- memory: {config['memory_method']}",
-        *([f"- **cut short by --time-limit {config['time_limit_s']:.0f} s: {config['prompts_run']} of "
-           f"{config['prompts_planned']} prompts ran**"] if config.get("prompts_run", 0) < config.get("prompts_planned", 0)
-          else []),
+        *([f"- **cut short by {_cut_by(config)}: {config['prompts_run']} of {config['prompts_planned']} prompts ran**"]
+          if config.get("prompts_run", 0) < config.get("prompts_planned", 0) else []),
         "",
         "## Overall",
         "",
@@ -115,6 +116,12 @@ def _pyplot():
     return plt
 
 
+def _cut_by(config: Mapping[str, Any]) -> str:
+    if config.get("interrupted"):
+        return "an interrupt (Ctrl-C)"
+    return f"--time-limit {config['time_limit_s']:.0f} s"
+
+
 def plot_speedup(doc: Mapping[str, Any], path: Path) -> Path | None:
     """Grouped bars: speedup over hf-greedy per category (and overall), one bar per method."""
     plt = _pyplot()
@@ -138,7 +145,8 @@ def plot_speedup(doc: Mapping[str, Any], path: Path) -> Path | None:
     ax.margins(y=0.15)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with replacing(path) as temporary:
+        fig.savefig(temporary, dpi=110, format="png")
     plt.close(fig)
     return path
 
@@ -176,18 +184,19 @@ def plot_scaling(doc: Mapping[str, Any], path: Path) -> Path | None:
     ax.set_title("Tokens per step against compute per step")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with replacing(path) as temporary:
+        fig.savefig(temporary, dpi=110, format="png")
     plt.close(fig)
     return path
 
 
 def write_outputs(doc: Mapping[str, Any], out: Path) -> list[Path]:
-    """results.json, results.md and the plots in `out`; returns the files written."""
+    """results.json, results.md and the plots in `out`, each written whole or not at all; returns the files written."""
     import json
 
     out.mkdir(parents=True, exist_ok=True)
     plots = [p for p in (plot_speedup(doc, out / "speedup_by_category.png"),
                          plot_scaling(doc, out / "tokens_per_step_vs_compute.png")) if p is not None]
-    (out / "results.json").write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
-    (out / "results.md").write_text(markdown(doc, [str(p) for p in plots]), encoding="utf-8")
+    write_text(out / "results.json", json.dumps(doc, indent=2, default=str) + "\n")
+    write_text(out / "results.md", markdown(doc, [str(p) for p in plots]))
     return [out / "results.json", out / "results.md", *plots]

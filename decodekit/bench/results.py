@@ -173,7 +173,7 @@ def document(run: BenchRun, *, command: Sequence[str], config: Mapping[str, Any]
         "config": {**dict(config), "max_new_tokens": run.max_new_tokens, "multi_turn": run.multi_turn,
                    "device": run.device, "memory_method": run.memory_method, "reference": REFERENCE,
                    "prompts_planned": run.prompts_planned, "prompts_run": run.prompts_run,
-                   "time_limit_s": run.time_limit},
+                   "time_limit_s": run.time_limit, "interrupted": run.interrupted},
         "methods": method_rows(run),
         "summary": summarize(run),
         "records": [attrs.asdict(r) for r in run.records],

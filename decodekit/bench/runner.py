@@ -61,6 +61,7 @@ class BenchRun:
     prompts_planned: int
     prompts_run: int
     time_limit: float | None = None
+    interrupted: bool = False  # Ctrl-C ended the run: the records cover the prompts that finished before it
 
 
 def _check_methods(specs: Sequence[MethodSpec]) -> None:
@@ -186,6 +187,8 @@ def run(model: Any, specs: Sequence[MethodSpec], *, questions: Sequence[Question
 
     time_limit (seconds): start no further prompt once the elapsed time plus the mean time of a prompt
     so far would pass it; every prompt that starts runs every method, so figures stay comparable.
+    Ctrl-C (KeyboardInterrupt) stops the run at once; the prompt it cut is dropped, the finished ones are
+    returned with interrupted=True. With no prompt finished there is nothing to return and it propagates.
     """
     from tqdm.auto import tqdm
 
@@ -206,6 +209,7 @@ def run(model: Any, specs: Sequence[MethodSpec], *, questions: Sequence[Question
     done = 0
     began = time.perf_counter()
     bar = tqdm(total=planned * len(specs), file=sys.stderr, disable=not progress, unit="run", dynamic_ncols=True)
+    interrupted = False
     try:
         for index, (prompt, answered) in enumerate(source):
             elapsed = time.perf_counter() - began
@@ -225,8 +229,13 @@ def run(model: Any, specs: Sequence[MethodSpec], *, questions: Sequence[Question
             done += 1
             if answered is not None:
                 answered(reference)
+    except KeyboardInterrupt:
+        if not done:
+            raise
+        interrupted = True
     finally:
         bar.close()
     return BenchRun(methods=specs, records=records, max_new_tokens=max_new_tokens, multi_turn=multi_turn,
                     device=str(model.device), memory_method=memory.method_name(model.device),
-                    prompts_planned=planned, prompts_run=done, time_limit=time_limit)
+                    prompts_planned=planned, prompts_run=done, time_limit=time_limit,
+                    interrupted=interrupted)

@@ -34,14 +34,43 @@ def _crop_takes_removal_count() -> bool:
 _CROP_NEGATIVE = _crop_takes_removal_count()
 
 
+@attrs.frozen(kw_only=True)
+class LengthLimits:
+    """How long a sequence a model can attend over exactly: read from its config, no weights needed."""
+
+    max_positions: int | None
+    sliding_window: int | None
+
+    @classmethod
+    def of(cls, config: Any) -> "LengthLimits":
+        text = config.get_text_config(decoder=True)
+        window = getattr(text, "sliding_window", None)
+        layer_types = getattr(text, "layer_types", None) or ()
+        if window is not None and layer_types and "sliding_attention" not in layer_types:
+            window = None
+        return cls(max_positions=getattr(text, "max_position_embeddings", None), sliding_window=window)
+
+    def check(self, total: int, what: str) -> None:
+        """Raise InputError naming `what` (e.g. "prompt length 9 + max_new_tokens 600") if `total` is too long."""
+        if self.max_positions is not None and total > self.max_positions:
+            raise InputError(
+                f"{what} = {total} exceeds the model's max_position_embeddings ({self.max_positions}); "
+                f"shorten the prompt or lower max_new_tokens"
+            )
+        if self.sliding_window is not None and total > self.sliding_window:
+            raise InputError(
+                f"{what} = {total} exceeds the model's sliding_window ({self.sliding_window}); decodekit's masks "
+                f"are exact only within the window, so shorten the prompt or lower max_new_tokens"
+            )
+
+
 @attrs.define(eq=False)
 class HFBackend:
     """A HuggingFace causal LM seen as "tokens in, logits out, cache updated"."""
 
     model: PreTrainedModel
     cache_keyword: str
-    max_positions: int | None
-    sliding_window: int | None
+    limits: "LengthLimits"
     vocab_size: int
 
     @classmethod
@@ -70,16 +99,18 @@ class HFBackend:
                 f"load it with attn_implementation='sdpa' or 'eager'"
             )
         text = config.get_text_config(decoder=True)
-        max_positions = getattr(text, "max_position_embeddings", None)
-        window = getattr(text, "sliding_window", None)
-        layer_types = getattr(text, "layer_types", None) or ()
-        if window is not None and layer_types and "sliding_attention" not in layer_types:
-            window = None
         head = model.get_output_embeddings()
         # out_features also covers heads whose weight is not a tensor attribute (torch's dynamic int8 Linear)
         vocab = getattr(head, "out_features", None) or (head.weight.shape[0] if head is not None else text.vocab_size)
-        return cls(model=model, cache_keyword=keyword, max_positions=max_positions,
-                   sliding_window=window, vocab_size=int(vocab))
+        return cls(model=model, cache_keyword=keyword, limits=LengthLimits.of(config), vocab_size=int(vocab))
+
+    @property
+    def max_positions(self) -> int | None:
+        return self.limits.max_positions
+
+    @property
+    def sliding_window(self) -> int | None:
+        return self.limits.sliding_window
 
     @property
     def dtype(self) -> torch.dtype:
@@ -91,16 +122,7 @@ class HFBackend:
 
     def check_length(self, total: int, what: str) -> None:
         """Refuse a request whose sequence would outgrow what the model can attend over exactly."""
-        if self.max_positions is not None and total > self.max_positions:
-            raise InputError(
-                f"{what} = {total} exceeds the model's max_position_embeddings ({self.max_positions}); "
-                f"shorten the prompt or lower max_new_tokens"
-            )
-        if self.sliding_window is not None and total > self.sliding_window:
-            raise InputError(
-                f"{what} = {total} exceeds the model's sliding_window ({self.sliding_window}); decodekit's masks "
-                f"are exact only within the window, so shorten the prompt or lower max_new_tokens"
-            )
+        self.limits.check(total, what)
 
     # -- forward -------------------------------------------------------------------------------
 
@@ -164,12 +186,21 @@ def is_hf_model(obj: Any) -> bool:
     return isinstance(obj, PreTrainedModel)
 
 
+def load_tokenizer(folder: str | Path) -> Any:
+    """The tokenizer of a local HuggingFace model folder (no weights are read; nothing is fetched)."""
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def load_config(folder: str | Path) -> Any:
+    """The config of a local model folder (what can be checked before its weights load: LengthLimits.of it)."""
+    return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+
+
 def load_pretrained(folder: str | Path, dtype: torch.dtype, attn_implementation: str = "sdpa") -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) from a local HuggingFace model folder; nothing is fetched."""
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, attn_implementation=attn_implementation,
                                                  local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    return model.eval(), tokenizer
+    return model.eval(), load_tokenizer(folder)
 
 
 def load_gguf_dense(path: Path) -> tuple[Any, Any]:

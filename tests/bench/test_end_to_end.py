@@ -79,3 +79,38 @@ def test_hf_assisted_with_a_draft_model(tiny):
     assert figs["identical_fraction"] == 1.0 and figs["tokens_computed_per_step"] >= 1.0
     with pytest.raises(InputError, match="names draft 'other', which was not given in draft_models"):
         run_bench(tiny, prompts=PROMPTS[:1], methods=["hf-assisted:draft=other"], progress=False)
+
+
+def _interrupt_on_prompt(monkeypatch, number):
+    from decodekit.bench import runner
+
+    real = runner.run_prompt
+    calls = []
+
+    def run_prompt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == number:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_prompt", run_prompt)
+
+
+def test_an_interrupt_keeps_the_finished_prompts(tiny, tmp_path, monkeypatch):
+    _interrupt_on_prompt(monkeypatch, 3)
+    doc = run_bench(tiny, prompts=PROMPTS * 2, methods=["greedy"], max_new_tokens=4, progress=False, warmup=False,
+                    out=tmp_path)
+    assert doc["config"]["interrupted"] is True
+    assert doc["config"]["prompts_run"] == 2 and doc["config"]["prompts_planned"] == 4
+    assert len(doc["records"]) == 2 * 2  # (hf-greedy, greedy) on the two finished prompts, nothing of the third
+    check_document(json.loads((tmp_path / "results.json").read_text()))
+    assert "cut short by an interrupt (Ctrl-C): 2 of 4 prompts ran" in (tmp_path / "results.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_an_interrupt_before_any_prompt_finished_writes_nothing(tiny, tmp_path, monkeypatch):
+    _interrupt_on_prompt(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(tiny, prompts=PROMPTS, methods=["greedy"], max_new_tokens=4, progress=False, warmup=False,
+                  out=tmp_path)
+    assert list(tmp_path.iterdir()) == []
