@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "strategies": ("decodekit.cli_generate", "list every registered strategy with its parameters"),
     "bench": ("decodekit.cli_bench", "benchmark every method side by side on Spec-Bench prompts"),
     "verify": ("decodekit.cli_verify", "check on real prompts that a strategy's output equals greedy decoding"),
+    "calibrate": ("decodekit.cli_calibrate", "measure this machine's forward cost curve again, print and save it"),
 }
 
 INTERRUPTED = 130  # the shell's status for a process ended by SIGINT (128 + 2)

@@ -76,6 +76,7 @@ def run_bench(model: Any, *, tokenizer: Any = None, questions: Sequence[Question
     """
     specs, plan = plan_methods(methods, sweep, sweep_grid)
     load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    curve = results.cost_curve(model)  # measured (a few seconds) only if decodekit's cache lacks it
     run = runner.run(model, specs, questions=questions, prompts=prompts, tokenizer=tokenizer,
                      max_new_tokens=max_new_tokens, multi_turn=multi_turn, warmup=warmup, progress=progress,
                      draft_models=draft_models, load_draft=load_draft, time_limit=time_limit)
@@ -87,7 +88,7 @@ def run_bench(model: Any, *, tokenizer: Any = None, questions: Sequence[Question
                  "model": getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__,
                  "dtype": str(getattr(model, "dtype", "")).replace("torch.", "")}
     doc = results.document(run, command=list(command if command is not None else sys.argv),
-                           config={**described, **dict(config or {})}, sweep=summary_plan)
+                           config={**described, **dict(config or {})}, sweep=summary_plan, cost_curve=curve)
     if out is not None:
         report.write_outputs(doc, Path(out))
     return doc

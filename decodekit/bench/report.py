@@ -63,6 +63,23 @@ def speedup_by_category(doc: Mapping[str, Any]) -> str:
     return _markdown_table(["category", *labels], rows)
 
 
+def _cpu_ids(machine: Mapping[str, Any]) -> str:
+    """The CPU's family, model number and flags: ` (family 26, model 2, flags avx2 avx512f)`; older files: ""."""
+    ids = [f"{name} {machine[key]}" for name, key in (("family", "cpu_family"), ("model", "cpu_model_number"))
+           if machine.get(key) is not None]
+    flags = machine.get("cpu_flags")
+    if flags is not None:
+        ids.append(f"flags {' '.join(flags) or 'none that matter'}")
+    return f" ({', '.join(ids)})" if ids else ""
+
+
+def _cost_curve(curve: Mapping[str, Any]) -> str:
+    """One line: a one-token forward's ms, then each token count's cost in one-token forwards."""
+    ratios = ", ".join(f"{k}: {x:.2f}" for k, x in zip(curve["tokens"], curve["x_one_token"]) if k != 1)
+    return (f"one token {curve['ms'][curve['tokens'].index(1)]:.1f} ms after {curve['cached']} cached; "
+            f"x a one-token forward for k tokens: {ratios}")
+
+
 def markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     """results.md: the setup, the overall table, speedup per category, the sweep, the plots."""
     config, machine, software = doc["config"], doc["machine"], doc["software"]
@@ -74,9 +91,11 @@ def markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         f"- model: {config.get('model')} ({config.get('dtype')}), device {config['device']}",
         f"- prompts: {doc['summary']['overall'][doc['methods'][0]['label']]['prompts']} "
         f"({'all turns' if config['multi_turn'] else 'first turns'}), max_new_tokens {config['max_new_tokens']}",
-        f"- machine: {machine['cpu_model']}, {machine['cpu_cores']} cores ({machine['cpu_cores_usable']} usable), "
-        f"torch threads {machine['torch_threads']}, load average (1, 5, 15 min) at the start "
-        f"{_loads(config.get('load_average_at_start'))}, at the end {_loads(machine.get('load_average'))}",
+        f"- machine: {machine['cpu_model']}{_cpu_ids(machine)}, {machine['cpu_cores']} cores "
+        f"({machine['cpu_cores_usable']} usable), torch threads {machine['torch_threads']}, load average "
+        f"(1, 5, 15 min) at the start {_loads(config.get('load_average_at_start'))}, at the end "
+        f"{_loads(machine.get('load_average'))}",
+        *([f"- forward cost: {_cost_curve(machine['cost_curve'])}"] if machine.get("cost_curve") else []),
         f"- software: Python {software['python']}, torch {software['torch']}, transformers "
         f"{software['transformers']}, decodekit {software['decodekit']}",
         f"- memory: {config['memory_method']}",

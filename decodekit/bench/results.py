@@ -109,25 +109,24 @@ def summarize(run: BenchRun) -> dict[str, Any]:
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from decodekit.core.machine import cpu_info
+
+    return cpu_info()["cpu_model"]
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(cost_curve: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The machine: CPU (model, family, model number, the flags that change torch's kernels), cores, torch
+    threads, load; `cost_curve` (see cost_curve()) when the run measured one."""
     import torch
+
+    from decodekit.core.machine import cpu_info
 
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count()
     info = {
-        "cpu_model": cpu_model(),
+        **cpu_info(),
         "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": usable,
         "torch_threads": torch.get_num_threads(),
@@ -135,10 +134,30 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "process_peak_rss_mib": process_peak_rss() / MIB,
+        "cost_curve": dict(cost_curve) if cost_curve is not None else None,
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def cost_curve(model: Any) -> dict[str, Any] | None:
+    """The target's forward cost on this machine (decodekit.core.costmodel: measured once, then cached):
+    ms and x a one-token forward per token count at its reference cache length. None if the model cannot
+    be driven by decodekit's backend."""
+    from decodekit.core.costmodel import CURVE_TOKENS, cost_model_for
+    from decodekit.errors import DecodekitError
+
+    try:
+        cost = cost_model_for(model)
+    except DecodekitError:
+        return None
+    cached = cost.reference_cached
+    curve = cost.curve(cached, CURVE_TOKENS)
+    return {"cached": cached, "tokens": [k for k, _ in curve], "ms": [1000 * s for _, s in curve],
+            "x_one_token": [cost.relative(k, cached) for k, _ in curve],
+            "second_cached": cost.info.get("second_cached"), "per_cached_ns": 1e9 * cost.per_cached,
+            "measured_utc": cost.info.get("measured_utc")}
 
 
 def software_info() -> dict[str, Any]:
@@ -162,13 +181,13 @@ def method_rows(run: BenchRun) -> list[dict[str, Any]]:
 
 
 def document(run: BenchRun, *, command: Sequence[str], config: Mapping[str, Any],
-             sweep: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The whole results.json document."""
+             sweep: Mapping[str, Any] | None = None, cost_curve: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The whole results.json document (cost_curve: see cost_curve(), recorded under machine)."""
     return {
         "schema": SCHEMA,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": list(command),
-        "machine": machine_info(),
+        "machine": machine_info(cost_curve),
         "software": software_info(),
         "config": {**dict(config), "max_new_tokens": run.max_new_tokens, "multi_turn": run.multi_turn,
                    "device": run.device, "memory_method": run.memory_method, "reference": REFERENCE,

@@ -181,6 +181,22 @@ class HFBackend:
 # -- loading and building models ------------------------------------------------------------------
 
 
+# The config fields that size a forward (with the class and the attention kernel): a cost model's identity.
+_COST_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "vocab_size", "_name_or_path")
+
+
+def cost_identity(model: Any) -> dict[str, Any]:
+    """What sets the cost of `model`'s forward, apart from the machine: its class, attention kernel, the
+    config fields that size it, dtype and device (plain JSON values, for a cache key)."""
+    text = model.config.get_text_config(decoder=True)
+    fields = {name: getattr(text, name, None) for name in _COST_FIELDS}
+    fields = {name: value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+              for name, value in fields.items()}
+    return {"class": type(model).__name__, "attention": getattr(model.config, "_attn_implementation", None),
+            **fields, "dtype": str(model.dtype).replace("torch.", ""), "device": str(model.device)}
+
+
 def is_hf_model(obj: Any) -> bool:
     """Whether `obj` is a transformers model (what every strategy and draft builder needs)."""
     return isinstance(obj, PreTrainedModel)

@@ -43,6 +43,27 @@ def chunk_strategy():
         registry.strategies.pop(ChunkGreedy.name, None)
 
 
+@pytest.fixture(autouse=True)
+def synthetic_costs(monkeypatch, tmp_path_factory):
+    """The bench records the target's forward cost curve: here a synthetic one, kept in a temporary folder, so
+    that no test measures for seconds or writes into the user's cache. Returns the models it measured."""
+    import weakref
+
+    from decodekit.core import costmodel
+
+    measured = []
+
+    def measure(model, **kwargs):
+        measured.append(model)
+        return costmodel.CostModel.from_points({1: 0.01, 4: 0.012, 16: 0.02, 64: 0.05}, reference_cached=256)
+
+    monkeypatch.setattr(costmodel, "measure", measure)
+    folder = tmp_path_factory.mktemp("costs")
+    monkeypatch.setattr(costmodel, "costs_dir", lambda: folder)
+    monkeypatch.setattr(costmodel, "_MEMO", weakref.WeakKeyDictionary())
+    return measured
+
+
 @pytest.fixture
 def tiny():
     from decodekit.testing.models import tiny_model

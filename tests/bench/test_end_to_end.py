@@ -11,7 +11,7 @@ from decodekit.cli import main
 PROMPTS = [[1, 5, 7, 9, 5, 7, 9, 5, 7], [1, 3, 4, 3, 4, 3, 4, 3]]
 
 
-def test_tiny_bench_run_writes_every_output(tiny, tmp_path, chunk_strategy):
+def test_tiny_bench_run_writes_every_output(tiny, tmp_path, chunk_strategy, synthetic_costs):
     methods = ["hf-greedy", "greedy", "hf-prompt-lookup:num_tokens=4", f"{chunk_strategy}:k=2"]
     doc = run_bench(tiny, prompts=PROMPTS, methods=methods, max_new_tokens=12, progress=False,
                     sweep=chunk_strategy, sweep_grid="k=1,3", out=tmp_path, command=["decodekit", "bench", "test"])
@@ -30,10 +30,15 @@ def test_tiny_bench_run_writes_every_output(tiny, tmp_path, chunk_strategy):
     assert doc["sweep"]["fastest"] in (f"{chunk_strategy}:k=1", f"{chunk_strategy}:k=3")
     assert doc["command"] == ["decodekit", "bench", "test"]
     assert doc["machine"]["cpu_cores"] >= 1 and doc["software"]["torch"]
+    assert isinstance(doc["machine"]["cpu_flags"], list) and "cpu_family" in doc["machine"]
+    curve = doc["machine"]["cost_curve"]  # the target's, measured once (synthetic here)
+    assert synthetic_costs == [tiny] and curve["cached"] == 256 and curve["tokens"][:3] == [1, 2, 4]
+    assert curve["x_one_token"][curve["tokens"].index(16)] == pytest.approx(2.0)
     written = json.loads((tmp_path / "results.json").read_text())
     check_document(written)
     markdown = (tmp_path / "results.md").read_text()
     assert "| hf-prompt-lookup:num_tokens=4 |" in markdown and "fastest configuration" in markdown
+    assert "- forward cost: one token 10.0 ms after 256 cached; x a one-token forward for k tokens: 2: 1.07," in markdown
     for png in ("speedup_by_category.png", "tokens_per_step_vs_compute.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

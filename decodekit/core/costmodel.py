@@ -1,0 +1,488 @@
+"""The forward cost model: how long one forward of the target model takes on this machine, as a
+function of the new tokens it carries and of the cached positions before them.
+
+Whether a step should put 1, 8 or 40 tokens through the model depends on this curve, and machines
+differ radically: a 16-token bfloat16 forward costs 1.3x a one-token forward on one CPU and 4.6x on
+another (issue 12), while on a GPU the curve stays flat far beyond 64 tokens. So it is measured:
+
+- measure(model): real forwards through the backend after a cached prefix, every size timed a few times
+  in a shuffled order (drift in the machine's speed hits every size alike) and the median kept; then
+  one token and 16 tokens at a second cache length, for how the cost grows with the cache. A few seconds.
+- cost_model_for(model): memoised per model object; else read from costs/<key>.json under decodekit's
+  cache directory, the key covering the model, dtype, device, torch threads, CPU model and flags, and
+  torch version; else measured and saved there.
+- CostModel.observe(): the timings of the forwards a decode actually runs correct it online, so a
+  loaded machine, or one unlike the one measured, is corrected within a few dozen steps. Corrections
+  live in memory only: the file keeps the measurement.
+
+The planner only ever compares costs (the seconds of two candidate steps, or relative()), so anything
+that scales every size alike (a uniformly loaded machine, the global correction) changes none of its
+choices; what matters is the curve's shape.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import attrs
+import torch
+
+from decodekit.core.machine import cpu_info
+from decodekit.errors import InputError
+
+COST_FORMAT = 1  # bump when the file's layout or what measure() times changes
+DEFAULT_TOKENS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+CURVE_TOKENS = (1, 2, 4, 8, 16, 32, 64)
+SECOND_TOKENS = 16  # the token count also timed at the second cache length
+MIN_POINTS = 4  # a measurement keeps at least this many token counts, however slow the model
+_FLOOR = 0.1  # a prediction below the reference cache length never drops under this fraction of base(k)
+
+
+def _points(value: Any) -> tuple[tuple[int, float], ...]:
+    """Mapping or pairs -> sorted ((tokens, seconds), ...), checked: tokens >= 1 with 1 present, seconds > 0."""
+    pairs = value.items() if isinstance(value, Mapping) else value
+    points = tuple(sorted((int(k), float(s)) for k, s in pairs))
+    if not points or points[0][0] != 1:
+        raise ValueError(f"CostModel: points must include 1 token (relative() divides by it), got token counts "
+                         f"{[k for k, _ in points]}")
+    for k, s in points:
+        if k < 1 or not (math.isfinite(s) and s > 0):
+            raise ValueError(f"CostModel: every point must be tokens >= 1 -> seconds > 0, got {k} -> {s}")
+    if len({k for k, _ in points}) != len(points):
+        raise ValueError(f"CostModel: token counts must be distinct, got {[k for k, _ in points]}")
+    return points
+
+
+def _non_negative(instance: Any, attribute: Any, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"CostModel: {attribute.name} must be a finite number >= 0, got {value}")
+
+
+def _check_request(tokens: int, cached: int) -> None:
+    if tokens < 1:
+        raise ValueError(f"CostModel: tokens must be >= 1, got {tokens}")
+    if cached < 0:
+        raise ValueError(f"CostModel: cached must be >= 0, got {cached}")
+
+
+@attrs.define(eq=False, kw_only=True)
+class CostModel:
+    """Predicted wall seconds of one forward of `tokens` new tokens after `cached` cached positions.
+
+    The measured part (plain data, what the cache file holds):
+        base(k)      piecewise linear through `points` (seconds at `reference_cached`); beyond the last
+                     point, the last segment's slope, never below the last value
+        raw(k, c)  = base(k) + (c - reference_cached) * (per_cached + per_cached_token * (k - 1)),
+                     never below a tenth of base(k)
+    The online part (observe): seconds(k, c) = raw(k, c) * exp(global + shape(log2 k)), where `global`
+    follows the mean log ratio observed / raw (a uniformly slower machine) and `shape` the rest, per
+    power-of-two anchor of the token count, interpolated between observed anchors and held flat beyond
+    them. Both are exponential moving averages, each observation's ratio clamped to [1/4, 4] so that one
+    stall cannot wreck them; the shape moves slower than the global factor.
+    """
+
+    points: tuple[tuple[int, float], ...] = attrs.field(converter=_points)
+    reference_cached: int = attrs.field(default=256, validator=attrs.validators.ge(0))
+    per_cached: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
+    per_cached_token: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
+    info: dict[str, Any] = attrs.field(factory=dict)  # how it was measured, for reports; predictions never read it
+    global_rate: float = 0.1  # weight of one observation in the global factor's moving average
+    shape_rate: float = 0.05  # ... and in the per-size shape correction
+    clamp: tuple[float, float] = (0.25, 4.0)  # one observation's ratio observed / predicted is clamped to this
+    observations: int = attrs.field(default=0, init=False)
+    _global_log: float = attrs.field(default=0.0, init=False)
+    _shape_log: dict[int, float] = attrs.field(factory=dict, init=False)  # log2 anchor -> log correction
+
+    # -- constructors ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_points(cls, points: Mapping[int, float], *, reference_cached: int = 256, per_cached: float = 0.0,
+                    per_cached_token: float = 0.0) -> "CostModel":
+        """Seconds per token count at `reference_cached`; per_cached: seconds added per cached position
+        (per_cached_token: added per cached position and per token beyond the first)."""
+        return cls(points=points, reference_cached=reference_cached, per_cached=per_cached,
+                   per_cached_token=per_cached_token)
+
+    @classmethod
+    def flat(cls, seconds: float = 0.01) -> "CostModel":
+        """The same cost for any token count (a GPU far below its compute limit)."""
+        return cls(points={1: seconds})
+
+    @classmethod
+    def linear(cls, base: float, per_token: float) -> "CostModel":
+        """base + per_token * (tokens - 1), for any token count."""
+        if not (math.isfinite(per_token) and per_token >= 0):
+            raise ValueError(f"CostModel.linear: per_token must be a finite number >= 0, got {per_token}")
+        return cls(points={1: base, 2: base + per_token})
+
+    # -- predictions -----------------------------------------------------------------------------
+
+    def base(self, tokens: int) -> float:
+        """Seconds at reference_cached, from the measured points alone."""
+        points = self.points
+        if tokens <= points[0][0]:
+            return points[0][1]
+        for (k0, s0), (k1, s1) in zip(points, points[1:]):
+            if tokens <= k1:
+                return s0 + (s1 - s0) * (tokens - k0) / (k1 - k0)
+        if len(points) == 1:
+            return points[0][1]
+        (k0, s0), (k1, s1) = points[-2], points[-1]
+        return max(s1, s1 + (s1 - s0) / (k1 - k0) * (tokens - k1))  # the last segment's slope, never below s1
+
+    def raw(self, tokens: int, cached: int) -> float:
+        """The measured prediction, before online corrections."""
+        _check_request(tokens, cached)
+        base = self.base(tokens)
+        grown = base + (cached - self.reference_cached) * (self.per_cached + self.per_cached_token * (tokens - 1))
+        return max(grown, _FLOOR * base)
+
+    def seconds(self, tokens: int, cached: int) -> float:
+        return self.raw(tokens, cached) * math.exp(self._global_log + self._shape_at(math.log2(tokens)))
+
+    def relative(self, tokens: int, cached: int) -> float:
+        """seconds(tokens, cached) / seconds(1, cached): what a step of `tokens` costs in one-token forwards."""
+        return self.seconds(tokens, cached) / self.seconds(1, cached)
+
+    def curve(self, cached: int, tokens: Sequence[int] = CURVE_TOKENS) -> list[tuple[int, float]]:
+        """[(tokens, seconds), ...] at `cached` cached positions."""
+        return [(int(k), self.seconds(int(k), cached)) for k in tokens]
+
+    # -- online refinement -----------------------------------------------------------------------
+
+    def observe(self, tokens: int, cached: int, seconds: float) -> None:
+        """Correct the model with a real forward's wall time (`tokens` new after `cached` cached)."""
+        _check_request(tokens, cached)
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"CostModel.observe: seconds must be a finite number > 0, got {seconds}")
+        raw = self.raw(tokens, cached)
+        x = math.log2(tokens)
+        # the global factor follows the mean log ratio observed / raw
+        self._global_log += self.global_rate * self._clamped_log(seconds / (raw * math.exp(self._global_log)))
+        # the shape follows what remains, shared between the two power-of-two anchors around log2(tokens)
+        error = self._clamped_log(seconds / (raw * math.exp(self._global_log + self._shape_at(x))))
+        low, high = math.floor(x), math.ceil(x)
+        weights = {low: 1.0} if low == high else {low: high - x, high: x - low}
+        for anchor in weights:  # a new anchor starts from what it predicted, so adding it changes nothing
+            self._shape_log.setdefault(anchor, self._shape_at(anchor))
+        for anchor, weight in weights.items():
+            self._shape_log[anchor] += self.shape_rate * weight * error
+        self.observations += 1
+
+    def reset_corrections(self) -> None:
+        """Forget every observation: back to the measured prediction."""
+        self._global_log, self._shape_log, self.observations = 0.0, {}, 0
+
+    def _clamped_log(self, ratio: float) -> float:
+        low, high = self.clamp
+        return math.log(min(max(ratio, low), high))
+
+    def _shape_at(self, x: float) -> float:
+        """The shape correction (log) at log2(tokens) = x: linear between observed anchors, flat beyond."""
+        if not self._shape_log:
+            return 0.0
+        anchors = sorted(self._shape_log)
+        if x <= anchors[0]:
+            return self._shape_log[anchors[0]]
+        for a0, a1 in zip(anchors, anchors[1:]):
+            if x <= a1:
+                v0, v1 = self._shape_log[a0], self._shape_log[a1]
+                return v0 + (v1 - v0) * (x - a0) / (a1 - a0)
+        return self._shape_log[anchors[-1]]
+
+    # -- to and from JSON ------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        """The measured part as plain JSON (corrections are not saved: they describe this process's load)."""
+        return {"points": [[k, s] for k, s in self.points], "reference_cached": self.reference_cached,
+                "per_cached": self.per_cached, "per_cached_token": self.per_cached_token, "info": self.info}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "CostModel":
+        """Inverse of to_json; raises ValueError, KeyError or TypeError on a malformed document."""
+        return cls(points=[tuple(p) for p in data["points"]], reference_cached=int(data["reference_cached"]),
+                   per_cached=data["per_cached"], per_cached_token=data["per_cached_token"],
+                   info=dict(data.get("info") or {}))
+
+
+# -- measuring ------------------------------------------------------------------------------------
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so that a clock read after a forward covers all of it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@attrs.define(eq=False)
+class _Bench:
+    """One cache and the timing of forwards after it: decodekit's own cache, masks and positions."""
+
+    backend: Any  # HFBackend
+    generator: torch.Generator  # private: the prefix and the new tokens are random but seeded
+    cache: Any = None
+    length: int = 0
+
+    def fill(self, length: int) -> float:
+        """Extend the cache to `length` positions with random tokens; returns the seconds it took."""
+        from decodekit.core.masks import additive_mask, causal_layout
+
+        if self.cache is None:
+            self.cache, self.length = self.backend.new_cache(), 0
+        count = length - self.length
+        ids = torch.randint(0, self.backend.vocab_size, (count,), generator=self.generator)  # (count,)
+        layout = causal_layout(count)
+        mask = additive_mask(layout, self.length, self.backend.dtype, self.backend.device)  # (1, 1, count, S)
+        began = time.perf_counter()
+        self.backend.forward(ids, torch.arange(self.length, length), self.cache, mask=mask, logits_to_keep=1)
+        _synchronize(self.backend.device)
+        self.length = length
+        return time.perf_counter() - began
+
+    def time(self, tokens: int) -> float:
+        """Seconds of one forward of `tokens` new tokens (causal mask, every row's logits); the cache is
+        cropped back afterwards."""
+        from decodekit.core.masks import additive_mask, causal_layout, position_ids
+
+        layout = causal_layout(tokens)
+        ids = torch.randint(0, self.backend.vocab_size, (tokens,), generator=self.generator)  # (T,)
+        mask = additive_mask(layout, self.length, self.backend.dtype, self.backend.device)  # (1, 1, T, S)
+        positions = position_ids(layout, self.length)  # (T,)
+        _synchronize(self.backend.device)
+        began = time.perf_counter()
+        self.backend.forward(ids, positions, self.cache, mask=mask, logits_to_keep=0)  # (T, V)
+        _synchronize(self.backend.device)
+        seconds = time.perf_counter() - began
+        self.backend.crop_cache(self.cache, self.length)
+        return seconds
+
+
+def _thin(sizes: Sequence[int], count: int) -> list[int]:
+    """`count` of `sizes` (sorted), evenly spread over the list, the first and last always kept."""
+    if count >= len(sizes):
+        return list(sizes)
+    picked = {round(i * (len(sizes) - 1) / (count - 1)) for i in range(count)}
+    return [sizes[i] for i in sorted(picked)]
+
+
+def plan(sizes: Sequence[int], repeats: int, estimate: Any, budget_s: float) -> tuple[list[int], int]:
+    """The most token counts, then the most repeats, whose timing fits `budget_s` by `estimate(k)` seconds.
+
+    Fewer counts first (evenly thinned, never under MIN_POINTS), then fewer repeats (never under one);
+    if even the smallest plan does not fit, the smallest plan.
+    """
+    least = min(MIN_POINTS, len(sizes))
+    for rounds in range(repeats, 0, -1):
+        for count in range(len(sizes), least - 1, -1):
+            chosen = _thin(sizes, count)
+            if rounds * sum(estimate(k) for k in chosen) <= budget_s:
+                return chosen, rounds
+    return _thin(sizes, least), 1
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _longest(backend: Any) -> int | None:
+    limits = [n for n in (backend.max_positions, backend.sliding_window) if n is not None]
+    return min(limits) if limits else None
+
+
+def _rounds(bench: _Bench, sizes: Sequence[int], repeats: int, rng: random.Random,
+            deadline: float) -> tuple[dict[int, float], int]:
+    """(median seconds per size, rounds run) over up to `repeats` rounds, each in a shuffled order; after
+    the first round, no round starts past `deadline` (a machine slower than estimated ends near the budget)."""
+    times: dict[int, list[float]] = {k: [] for k in sizes}
+    done = 0
+    while done < repeats and not (done and time.perf_counter() > deadline):
+        order = list(sizes)
+        rng.shuffle(order)
+        for k in order:
+            times[k].append(bench.time(k))
+        done += 1
+    return {k: _median(v) for k, v in times.items()}, done
+
+
+def measure(model: Any, *, cached: int = 256, tokens: Sequence[int] = DEFAULT_TOKENS, repeats: int = 3,
+            budget_s: float = 6.0) -> CostModel:
+    """Time real forwards of `model` and fit a CostModel, in about `budget_s` seconds.
+
+    After a prefix of `cached` random (seeded) tokens, each count in `tokens` (1 always included) goes
+    through one forward with a 4-D causal mask and every row's logits, as a step's forward does,
+    `repeats` times in shuffled orders; the median is kept. A slow model gets fewer counts (at least
+    four), then fewer repeats. Then the cache grows to a second length (twice `cached`, within what the
+    model attends over) and 1 and 16 tokens are timed again: how the cost grows with the cache.
+    """
+    from decodekit.core.backend import HFBackend
+
+    if cached < 1:
+        raise InputError(f"measure: cached must be >= 1, got {cached}")
+    sizes = sorted({int(k) for k in tokens} | {1})
+    if sizes[0] < 1:
+        raise InputError(f"measure: tokens must all be >= 1, got {list(tokens)}")
+    if repeats < 1:
+        raise InputError(f"measure: repeats must be >= 1, got {repeats}")
+    if not budget_s > 0:
+        raise InputError(f"measure: budget_s must be a number of seconds > 0, got {budget_s}")
+    backend = HFBackend.for_model(model)
+    backend.check_length(cached + sizes[-1], f"measure: cached {cached} + the largest token count {sizes[-1]}")
+    load_before = _load_average()
+    began = time.perf_counter()
+    with torch.inference_mode():
+        bench = _Bench(backend, torch.Generator().manual_seed(0))
+        prefill = bench.fill(cached)
+        estimate = _warm_up(bench, sizes)
+        longest = _longest(backend)
+        second = 2 * cached if longest is None else min(2 * cached, longest - SECOND_TOKENS)
+        second_cost = 0.0 if second <= cached else 1.5 * (prefill + repeats * (estimate(1) + estimate(SECOND_TOKENS)))
+        left = budget_s - (time.perf_counter() - began) - second_cost
+        chosen, rounds = plan(sizes, repeats, estimate, left)
+        rng = random.Random(0)
+        medians, rounds = _rounds(bench, chosen, rounds, rng, deadline=began + budget_s)
+        per_cached, per_cached_token, at_second = 0.0, 0.0, {}
+        if second > cached:
+            k2 = min(chosen[1:] or chosen, key=lambda k: abs(k - SECOND_TOKENS))
+            bench.fill(second)
+            at_second, _ = _rounds(bench, sorted({1, k2}), rounds, rng, deadline=began + budget_s)
+            per_cached, per_cached_token = _cache_slopes(medians, at_second, k2, second - cached)
+    info = {
+        "measured_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "measure_seconds": round(time.perf_counter() - began, 3), "repeats": rounds,
+        "second_cached": second if at_second else None,
+        "second_points": [[k, s] for k, s in sorted(at_second.items())],
+        "torch_threads": torch.get_num_threads(), "load_average": load_before, "load_average_after": _load_average(),
+    }
+    return CostModel(points=medians, reference_cached=cached, per_cached=per_cached,
+                     per_cached_token=per_cached_token, info=info)
+
+
+def _load_average() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def _warm_up(bench: _Bench, sizes: Sequence[int]) -> Any:
+    """Run the smallest and largest forward (first calls pay one-time costs), then time the smallest, a
+    middle and the largest once; return an estimate of any size's seconds, linear between those three."""
+    for k in (sizes[0], sizes[-1]):
+        bench.time(k)
+    middle = min(sizes, key=lambda k: abs(math.log(k) - math.log(sizes[0] * sizes[-1]) / 2))
+    timed = CostModel(points={k: max(bench.time(k), 1e-9) for k in sorted({sizes[0], middle, sizes[-1]})})
+    return timed.base
+
+
+def _cache_slopes(medians: Mapping[int, float], at_second: Mapping[int, float], k2: int,
+                  extra: int) -> tuple[float, float]:
+    """(per_cached, per_cached_token) from 1 and k2 tokens timed at two cache lengths `extra` apart;
+    noise that makes a slope negative counts as no growth."""
+    one = max((at_second[1] - medians[1]) / extra, 0.0)
+    if k2 == 1:
+        return one, 0.0
+    many = max((at_second[k2] - medians[k2]) / extra, 0.0)
+    return one, max((many - one) / (k2 - 1), 0.0)
+
+
+# -- the per-machine cache ------------------------------------------------------------------------
+
+_MEMO: "weakref.WeakKeyDictionary[Any, dict[str, CostModel]]" = weakref.WeakKeyDictionary()
+
+
+def cost_key(model: Any) -> dict[str, Any]:
+    """Everything a measurement depends on: the model (class, sizes, attention, dtype, device), torch's
+    threads and version, the CPU (model, family, the flags that matter) or the GPU."""
+    from decodekit.core.backend import cost_identity
+
+    identity = cost_identity(model)
+    key = {"format": COST_FORMAT, **identity, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+           **cpu_info()}
+    if identity["device"].startswith("cuda"):
+        key["gpu"] = torch.cuda.get_device_name(torch.device(identity["device"]))
+    return key
+
+
+def costs_dir() -> Path:
+    """Where measured cost models are kept: costs/ under decodekit's cache directory (DECODEKIT_CACHE, ...)."""
+    from decodekit.models import cache_dir
+
+    return cache_dir() / "costs"
+
+
+def cost_path(key: Mapping[str, Any]) -> Path:
+    """costs_dir()/<model type>-<dtype>-<device>-<threads>t-<hash of the whole key>.json"""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    name = f"{key.get('model_type') or key['class']}-{key['dtype']}-{key['device']}-{key['torch_threads']}t-{digest}"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return costs_dir() / f"{safe}.json"
+
+
+def _read(path: Path, key: Mapping[str, Any]) -> CostModel | None:
+    """The saved model at `path`; None if there is none; one line on stderr if it is unreadable."""
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc.get("key") != dict(key):
+            raise ValueError("it was written for another model or machine")
+        return CostModel.from_json(doc["cost"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        print(f"decodekit: the forward cost model in {path} is unreadable ({exc}); measuring it again", file=sys.stderr)
+        return None
+
+
+def save(cost: CostModel, key: Mapping[str, Any]) -> Path | None:
+    """Write `cost` under its key's path, atomically; None (and one warning line) if that cannot be done."""
+    from decodekit.fileio import write_text
+
+    path = cost_path(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps({"key": dict(key), "cost": cost.to_json()}, indent=1) + "\n")
+    except OSError as exc:
+        print(f"decodekit: warning: cannot save the forward cost model to {path} ({exc}); "
+              f"it will be measured again in the next process", file=sys.stderr)
+        return None
+    return path
+
+
+def cost_model_for(model: Any) -> CostModel:
+    """The cost model of `model` on this machine: memoised per model object, else read from the disk
+    cache, else measured (a few seconds) and saved. Its online corrections are shared by every user of
+    the same model object in this process."""
+    key = cost_key(model)
+    name = cost_path(key).name
+    memo = _MEMO.setdefault(model, {})
+    if name not in memo:
+        cost = _read(cost_path(key), key)
+        if cost is None:
+            cost = measure(model)
+            save(cost, key)
+        memo[name] = cost
+    return memo[name]
+
+
+def use_cost_model(model: Any, cost: CostModel) -> None:
+    """Make cost_model_for(model) return `cost` in this process (tests, or a curve measured elsewhere)."""
+    _MEMO.setdefault(model, {})[cost_path(cost_key(model)).name] = cost
+
+
+def calibrate(model: Any, **measure_kwargs: Any) -> tuple[CostModel, Path | None]:
+    """Measure again whatever is cached (on disk and in memory); (the model, where it was saved or None)."""
+    key = cost_key(model)
+    cost = measure(model, **measure_kwargs)
+    path = save(cost, key)
+    _MEMO.setdefault(model, {})[cost_path(key).name] = cost
+    return cost, path
