@@ -69,7 +69,9 @@ def test_calibrate_measures_again_prints_saves_and_plots(costs, tmp_path, monkey
 
 
 @pytest.mark.realmodel
-def test_calibrate_the_default_model(costs, capsys):
+def test_calibrate_the_default_model(costs, monkeypatch, capsys):
+    measure = costmodel.measure
+    monkeypatch.setattr(costmodel, "measure", lambda m, **kw: measure(m, **{**kw, "budget_s": 2.0}))
     assert main(["calibrate"]) == 0
     out = capsys.readouterr().out
     rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
