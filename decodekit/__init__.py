@@ -14,14 +14,18 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it (a module itself for `models`)
 _EXPORTS = {
+    "AcceptanceModel": "decodekit.core.planner",
     "Capabilities": "decodekit.core.types",
     "DecodeState": "decodekit.core.decoder",
     "Decoder": "decodekit.core.decoder",
     "DecodekitError": "decodekit.errors",
+    "Draft": "decodekit.core.planner",
+    "Extra": "decodekit.core.planner",
     "GenerationOutput": "decodekit.core.types",
     "GenerationStats": "decodekit.core.types",
     "InputError": "decodekit.errors",
     "ModelNotSupportedError": "decodekit.errors",
+    "StepPlanner": "decodekit.core.planner",
     "StrategyParameterError": "decodekit.errors",
     "UnknownStrategyError": "decodekit.errors",
     "generate": "decodekit.api",
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
     from decodekit.api import generate, list_strategies
     from decodekit.core.decoder import DecodeState, Decoder
     from decodekit.core.params import param
+    from decodekit.core.planner import AcceptanceModel, Draft, Extra, StepPlanner
     from decodekit.core.types import Capabilities, GenerationOutput, GenerationStats
     from decodekit.errors import (
         DecodekitError,

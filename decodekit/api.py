@@ -71,6 +71,7 @@ def generate(
     generator: torch.Generator | None = None,
     draft_model: Any = None,
     on_step: Callable[[list[int]], None] | None = None,
+    cost_model: Any = None,
     **params: Any,
 ) -> GenerationOutput:
     """Decode `input_ids` with `strategy`; returns sequences (prompt + new, like model.generate) and stats.
@@ -79,6 +80,8 @@ def generate(
     eos_token_id defaults to the model's generation config (every id listed there stops).
     do_sample=True samples with temperature / top_k / top_p from `generator` (strategies whose
     capabilities include supports_sampling). on_step receives each step's committed tokens.
+    cost_model: what a forward costs, for strategies that plan their steps (lookahead without W/N/G);
+    default: measured for this model on this machine on first use (decodekit.core.costmodel).
     Rows of a batch are decoded one after another and padded, like model.generate, with the pad id.
     """
     registry = get_registry()
@@ -113,6 +116,9 @@ def generate(
                              f"({backend.vocab_size}); speculative decoding needs the same tokenizer")
     elif draft_model is not None:
         raise InputError(f"draft_model= was given but strategy {strategy!r} does not use a draft model")
+    if cost_model is not None and not callable(getattr(cost_model, "seconds", None)):
+        raise InputError(f"cost_model must have seconds(tokens, cached) (a decodekit.core.costmodel.CostModel), "
+                         f"got {type(cost_model).__name__}")
 
     rows: list[list[int]] = []
     stats: list[GenerationStats] = []
@@ -121,7 +127,7 @@ def generate(
             decoder = info.cls(strategy_params)
             state = DecodeState(backend=backend, kv=KVCacheManager(backend), tokens=row.tolist(),
                                 prompt_length=int(row.shape[0]), max_new_tokens=max_new_tokens, eos_ids=eos,
-                                sampler=sampler, draft=draft)
+                                sampler=sampler, draft=draft, cost=cost_model)
             stats.append(loop.run(decoder, state, on_step))
             rows.append(state.tokens)
     width = max(len(r) for r in rows)

@@ -26,6 +26,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                              "norm and head (default: three quarters of its layers)")
 
 
+WARM_UP_PROMPT = 512  # tokens of the prompt the warm-up runs on
+
+
 def split_prompt(words: list[str]) -> tuple[str, list[str]]:
     """The one prompt among the command's positional words, and the KEY=VALUE parameter words."""
     from decodekit.cli import is_param_word
@@ -92,8 +95,6 @@ def run_generate(args: argparse.Namespace) -> int:
 
     print(f"loading {decodekit.models.DEFAULT_MODEL} ({args.dtype}) ...", file=sys.stderr)
     model, _ = decodekit.models.load_default(args.dtype)
-    # warm-up on the prompt's first few tokens: first-call costs stay out of the timing, a long prompt's prefill too
-    decodekit.generate(model, ids[:, :8], "greedy", max_new_tokens=2)
 
     if info.capabilities.needs_draft_model:
         from decodekit.strategies.speculative import truncated_draft
@@ -103,6 +104,11 @@ def run_generate(args: argparse.Namespace) -> int:
             layers = max(1, 3 * layer_count // 4)
         params["draft_model"] = truncated_draft(model, layers=layers)
         print(f"draft model: the first {layers} layers of {decodekit.models.DEFAULT_MODEL}", file=sys.stderr)
+
+    # Warm-up: each strategy that will be timed runs a few tokens first, on the prompt (at most its first 512
+    # tokens), so first-call costs (kernel set-up per shape, the cost model's measurement) stay out of the timing.
+    for name, extra in ((args.strategy, params), *(((args.compare, {}),) if args.compare else ())):
+        decodekit.generate(model, ids[:, :WARM_UP_PROMPT], name, max_new_tokens=min(16, args.max_new_tokens), **extra)
 
     streamer = _Streamer(tokenizer, enabled=not args.no_stream)
     try:

@@ -179,6 +179,10 @@ class CostModel:
             self._shape_log[anchor] += self.shape_rate * weight * error
         self.observations += 1
 
+    def frozen(self) -> "CostModel":
+        """A copy that never learns from observe() (deterministic planning: tests, a curve to keep as given)."""
+        return attrs.evolve(self, global_rate=0.0, shape_rate=0.0)
+
     def reset_corrections(self) -> None:
         """Forget every observation: back to the measured prediction."""
         self._global_log, self._shape_log, self.observations = 0.0, {}, 0
@@ -466,8 +470,12 @@ def cost_model_for(model: Any) -> CostModel:
     name = cost_path(key).name
     memo = _MEMO.setdefault(model, {})
     if name not in memo:
-        cost = _read(cost_path(key), key)
+        path = cost_path(key)
+        cost = _read(path, key)  # a damaged file is reported there
         if cost is None:
+            if not path.exists():
+                print("decodekit: measuring what a forward of this model costs on this machine (once per model, "
+                      "dtype and thread count; a few seconds) ...", file=sys.stderr, flush=True)
             cost = measure(model)
             save(cost, key)
         memo[name] = cost

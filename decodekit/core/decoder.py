@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, Sequence
+import time
+from typing import Any, ClassVar, Mapping, Sequence
 
 import attrs
 import torch
@@ -35,6 +36,7 @@ class DecodeState:
     eos_ids: frozenset[int]
     sampler: Any = None  # decodekit.core.sampling.Sampler when do_sample=True, else None (greedy)
     draft: HFBackend | None = None
+    cost: Any = None  # the forward cost model (decodekit.core.costmodel), resolved by forward_cost()
     forwards: int = 0
     tokens_computed: int = 0
 
@@ -71,7 +73,20 @@ class DecodeState:
             self.tokens_computed += int(ids.shape[0])
         if not isinstance(logits_to_keep, int):
             logits_to_keep = torch.as_tensor(logits_to_keep, dtype=torch.long)  # (K,)
-        return self.backend.forward(ids, positions, self.kv.cache, mask, logits_to_keep)
+        began = time.perf_counter()
+        logits = self.backend.forward(ids, positions, self.kv.cache, mask, logits_to_keep)
+        observe = getattr(self.cost, "observe", None)
+        if observe is not None and self.forwards > 1:  # every step's forward refines the cost model
+            observe(int(ids.shape[0]), start, time.perf_counter() - began)
+        return logits
+
+    def forward_cost(self) -> Any:
+        """The cost model of this model's forward on this machine (measured on first use, then cached)."""
+        if self.cost is None:
+            from decodekit.core.costmodel import cost_model_for
+
+            self.cost = cost_model_for(self.backend.model)
+        return self.cost
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
         """The token the model emits after each row of logits (V,) or (T, V): argmax, or a sample."""
@@ -97,6 +112,10 @@ class Decoder(abc.ABC):
 
     def start(self, state: DecodeState) -> None:
         """Called once after the prefill (the prompt is cached, its next token committed)."""
+
+    def report(self) -> Mapping[str, Any]:
+        """Figures of this decode for GenerationStats.details (e.g. how often a window ran); none by default."""
+        return {}
 
     @abc.abstractmethod
     def step(self, state: DecodeState) -> Sequence[int]:

@@ -56,4 +56,4 @@ def run(decoder: Decoder, state: DecodeState, on_step: StepCallback | None = Non
         commit(state, tokens, histogram, on_step)
     return GenerationStats(steps=state.forwards, new_tokens=len(state.tokens) - state.prompt_length,
                            accepted_histogram=histogram, seconds=time.perf_counter() - began,
-                           tokens_computed=state.tokens_computed)
+                           tokens_computed=state.tokens_computed, details=decoder.report())

@@ -13,7 +13,9 @@ import attrs
 _KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
-def _allowed_text(kind: type, ge: float | None, le: float | None, choices: tuple | None) -> str:
+def _allowed_text(kind: type, ge: float | None, le: float | None, choices: tuple | None, optional: bool) -> str:
+    if optional:
+        return _allowed_text(kind, ge, le, choices, False) + ", or unset (None)"
     if choices is not None:
         return "one of " + ", ".join(repr(c) for c in choices)
     if ge is not None and le is not None:
@@ -25,9 +27,11 @@ def _allowed_text(kind: type, ge: float | None, le: float | None, choices: tuple
     return _KINDS.get(kind, kind.__name__)
 
 
-def _validator(kind: type, ge: float | None, le: float | None, choices: tuple | None):
+def _validator(kind: type, ge: float | None, le: float | None, choices: tuple | None, optional: bool):
     def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         name = attribute.name
+        if value is None and optional:
+            return
         ok_type = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             ok_type = True
@@ -45,12 +49,19 @@ def _validator(kind: type, ge: float | None, le: float | None, choices: tuple | 
 
 def param(default: Any, *, kind: type | None = None, ge: float | None = None, le: float | None = None,
           choices: tuple | None = None, help: str = "") -> Any:
-    """An attrs field for a strategy parameter with its type, range and help text."""
+    """An attrs field for a strategy parameter with its type, range and help text.
+
+    A default of None makes the parameter optional (give `kind`): unset means the strategy chooses.
+    """
+    optional = default is None
+    if optional and kind is None:
+        raise TypeError("param(None, ...) needs kind= (the type of a value when one is given)")
     kind = kind or type(default)
     return attrs.field(
         default=default,
-        validator=_validator(kind, ge, le, choices),
-        metadata={"decodekit": {"kind": kind, "allowed": _allowed_text(kind, ge, le, choices), "help": help}},
+        validator=_validator(kind, ge, le, choices, optional),
+        metadata={"decodekit": {"kind": kind, "allowed": _allowed_text(kind, ge, le, choices, optional),
+                                "help": help}},
     )
 
 

@@ -37,6 +37,7 @@ class GenerationStats:
     accepted_histogram: {tokens committed in one step: number of such steps}.
     seconds: wall-clock time of the decode, prefill included.
     tokens_computed: tokens fed through the model after the prefill (what the steps cost).
+    details: the strategy's own counts (Decoder.report), e.g. lookahead's window_steps and window_columns.
     """
 
     steps: int
@@ -44,6 +45,7 @@ class GenerationStats:
     accepted_histogram: Mapping[int, int] = attrs.field(converter=_frozen_histogram)
     seconds: float
     tokens_computed: int = 0
+    details: Mapping[str, float] = attrs.field(factory=dict, converter=lambda d: MappingProxyType(dict(d)))
 
     @property
     def mean_accepted(self) -> float:
@@ -60,19 +62,34 @@ class GenerationStats:
         for part in parts:
             for length, count in part.accepted_histogram.items():
                 histogram[length] = histogram.get(length, 0) + count
+        details: dict[str, float] = {}
+        for part in parts:
+            for key, value in part.details.items():
+                details[key] = details.get(key, 0) + value
         return cls(
             steps=sum(p.steps for p in parts),
             new_tokens=sum(p.new_tokens for p in parts),
             accepted_histogram=histogram,
             seconds=sum(p.seconds for p in parts),
             tokens_computed=sum(p.tokens_computed for p in parts),
+            details=details,
         )
 
+    @property
+    def tokens_per_forward_step(self) -> float:
+        """Tokens put through the model per step after the prefill (what a step costs)."""
+        return self.tokens_computed / (self.steps - 1) if self.steps > 1 else 0.0
+
     def summary(self) -> str:
-        return (
-            f"{self.new_tokens} tokens in {self.seconds:.2f} s ({self.tokens_per_second:.1f} tokens/s), "
-            f"{self.steps} steps, {self.mean_accepted:.2f} tokens/step"
-        )
+        text = (f"{self.new_tokens} tokens in {self.seconds:.2f} s ({self.tokens_per_second:.1f} tokens/s), "
+                f"{self.steps} steps, {self.mean_accepted:.2f} tokens/step")
+        if self.tokens_computed:
+            text += f", {self.tokens_per_forward_step:.1f} tokens put through per step"
+        if "window_steps" in self.details and self.steps > 1:
+            runs = self.details["window_steps"]
+            width = self.details["window_columns"] / runs if runs else 0.0
+            text += f", window on {runs / (self.steps - 1):.0%} of steps (mean width {width:.1f})"
+        return text
 
 
 @attrs.define(eq=False)

@@ -19,12 +19,19 @@ class NgramPool:
     n: int  # n-gram length: a key plus n - 1 continuation tokens
     capacity: int  # G: continuations kept per key
     table: dict[int, list[tuple[int, ...]]] = attrs.Factory(dict)
+    origins: dict[tuple[int, tuple[int, ...]], str] = attrs.Factory(dict)  # who first made each n-gram
 
-    def add(self, key: int, continuation: Sequence[int]) -> None:
-        """Remember `continuation` after `key` as the most recent candidate."""
+    def add(self, key: int, continuation: Sequence[int], origin: str = "text") -> None:
+        """Remember `continuation` after `key` as the most recent candidate.
+
+        origin: what made it, "text" (the prompt or the output) or "window" (lookahead's Jacobi
+        window); the first maker is kept, so an n-gram the window guessed before the text confirmed
+        it stays the window's.
+        """
         if self.capacity == 0:
             return
         cont = tuple(continuation)
+        self.origins.setdefault((key, cont), origin)
         bucket = self.table.setdefault(key, [])
         if bucket and bucket[0] == cont:
             return
@@ -38,6 +45,14 @@ class NgramPool:
         n = self.n
         for start in range(max(0, first_end - n + 1), len(tokens) - n + 1):
             self.add(tokens[start], tokens[start + 1:start + n])
+
+    def origin(self, key: int, continuation: Sequence[int]) -> str:
+        """Who made a stored candidate (a candidate cut shorter is its full n-gram's, or "text")."""
+        cont = tuple(continuation)
+        for full in self.table.get(key, ()):
+            if full[: len(cont)] == cont:
+                return self.origins.get((key, full), "text")
+        return "text"
 
     def candidates(self, key: int, max_length: int) -> list[tuple[int, ...]]:
         """The continuations stored for `key`, each cut to max_length tokens (most recent first)."""
@@ -72,15 +87,21 @@ class ContextIndex:
         The longest matching context comes first, then the most recent occurrence: a longer match
         predicts the next tokens better, and a recent one follows the text's current topic.
         """
-        found: list[tuple[int, ...]] = []
+        return [continuation for continuation, _ in self.matches(count, max_length)]
+
+    def matches(self, count: int, max_length: int) -> list[tuple[tuple[int, ...], int]]:
+        """`candidates`, each with the length of the context match it came from."""
+        found: list[tuple[tuple[int, ...], int]] = []
+        seen: set[tuple[int, ...]] = set()
         total = len(self.tokens)
         if count <= 0 or max_length <= 0:
             return found
         for k in range(min(self.max_context, total), 0, -1):
             for end in reversed(self.ends.get(tuple(self.tokens[total - k:]), ())):
                 continuation = tuple(self.tokens[end:end + max_length])
-                if continuation and continuation not in found:  # end == total: the suffix itself
-                    found.append(continuation)
+                if continuation and continuation not in seen:  # end == total: the suffix itself
+                    seen.add(continuation)
+                    found.append((continuation, k))
                     if len(found) == count:
                         return found
         return found

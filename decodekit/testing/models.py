@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from decodekit.core.costmodel import CostModel, use_cost_model
+
 ARCHITECTURES = ("llama", "qwen2", "mistral", "gpt2")
 
 
@@ -33,6 +35,13 @@ def _config(arch: str, vocab_size: int, hidden: int, layers: int, init: float, a
     raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
 
 
+# What a forward of a tiny model "costs" for strategies that plan their steps: a fixed CPU-like curve
+# (a few tokens cost little more than one, many cost several), so that planned strategies make the same
+# choices on every machine and no test spends seconds measuring a random model's meaningless timings.
+# Tests that want another curve pass generate(..., cost_model=...).
+TINY_MODEL_COST = CostModel.from_points({1: 1.0, 2: 1.1, 4: 1.2, 8: 1.4, 16: 1.8, 32: 2.6, 64: 4.2}).frozen()
+
+
 @functools.lru_cache(maxsize=128)  # tiny models are a few hundred KB each
 def _build(arch: str, seed: int, vocab_size: int, hidden: int, layers: int, init: float, attn: str,
            dtype: torch.dtype) -> Any:
@@ -44,6 +53,7 @@ def _build(arch: str, seed: int, vocab_size: int, hidden: int, layers: int, init
         model = model_from_config(config, dtype)
     model.generation_config.eos_token_id = 2
     model.generation_config.pad_token_id = 0
+    use_cost_model(model, TINY_MODEL_COST)
     return model.eval()
 
 

@@ -80,3 +80,22 @@ def test_bad_parameters_are_named_with_what_is_allowed(decodekit_tiny_model, par
     with pytest.raises(StrategyParameterError) as info:
         decodekit.generate(decodekit_tiny_model("llama"), torch.tensor([[5, 6]]), "prompt-lookup", **params)
     assert message in str(info.value)
+
+
+# -- the step planner ------------------------------------------------------------------------------
+
+def test_the_planner_sizes_the_drafts_to_the_cost_curve(decodekit_tiny_model):
+    from decodekit.core.costmodel import CostModel
+
+    model = decodekit_tiny_model("gpt2", seed=1, vocab_size=12)  # its greedy output loops: drafts pay
+    ids = torch.tensor([[5, 6, 7, 8, 9, 3, 4, 10]])
+    ref = decodekit.generate(model, ids, "greedy", max_new_tokens=24, eos_token_id=[])
+    runs = {name: decodekit.generate(model, ids, "prompt-lookup", max_new_tokens=24, eos_token_id=[],
+                                     cost_model=cost.frozen(), **params)
+            for name, cost, params in [("flat", CostModel.flat(1.0), {}), ("steep", CostModel.linear(1.0, 1.0), {}),
+                                       ("unplanned", CostModel.linear(1.0, 1.0), {"plan": False})]}
+    for out in runs.values():
+        assert torch.equal(out.sequences, ref.sequences)
+    assert runs["flat"].stats.mean_accepted > 1.5  # whole drafts go through and are accepted
+    assert runs["steep"].stats.tokens_computed == runs["steep"].stats.steps - 1  # one token per step: nothing pays
+    assert runs["unplanned"].stats.tokens_computed > runs["unplanned"].stats.steps  # plan=false drafts regardless

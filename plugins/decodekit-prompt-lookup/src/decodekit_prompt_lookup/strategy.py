@@ -8,8 +8,8 @@ have produced is kept, plus the model's own next token (the "bonus"). Exact: eve
 the argmax of the logits that greedy decoding would compute, given the same committed prefix.
 
 Only decodekit's public interface is used: decodekit.Decoder, decodekit.Capabilities,
-decodekit.param and the DecodeState handed to step() (forward, choose, kv.length, kv.rollback,
-tokens, pending, remaining).
+decodekit.param, decodekit.StepPlanner and decodekit.Draft, and the DecodeState handed to step()
+(forward, forward_cost, choose, kv.length, kv.rollback, tokens, pending, remaining).
 """
 
 from __future__ import annotations
@@ -30,6 +30,12 @@ def find_draft(tokens: Sequence[int], *, max_ngram: int, min_ngram: int, num_pre
     num_pred_tokens tokens; if none is followed by that many, the one followed by the most (the
     oldest). Returns up to num_pred_tokens tokens, or [] when no n-gram matches.
     """
+    return find_match(tokens, max_ngram=max_ngram, min_ngram=min_ngram, num_pred_tokens=num_pred_tokens)[0]
+
+
+def find_match(tokens: Sequence[int], *, max_ngram: int, min_ngram: int,
+               num_pred_tokens: int) -> tuple[list[int], int]:
+    """`find_draft`, with the length n of the n-gram that matched (0 when none did)."""
     seq = torch.as_tensor(list(tokens), dtype=torch.long)  # (L,)
     length = int(seq.shape[0])
     for n in range(min(max_ngram, length - 1), min_ngram - 1, -1):
@@ -42,8 +48,8 @@ def find_draft(tokens: Sequence[int], *, max_ngram: int, min_ngram: int, num_pre
         follow = torch.clamp(length - (starts + n), max=num_pred_tokens)  # (M,) tokens after each match
         full = (follow == num_pred_tokens).nonzero().flatten()
         pick = int(starts[full[-1]]) if full.numel() else int(starts[0])  # most recent full, else oldest
-        return seq[pick + n: pick + n + num_pred_tokens].tolist()
-    return []
+        return seq[pick + n: pick + n + num_pred_tokens].tolist(), n
+    return [], 0
 
 
 class PromptLookup(decodekit.Decoder):
@@ -58,19 +64,33 @@ class PromptLookup(decodekit.Decoder):
         max_ngram: int = decodekit.param(3, ge=1, le=64, help="longest n-gram of the last tokens to look up")
         min_ngram: int = decodekit.param(2, ge=1, le=64, help="shortest n-gram tried before drafting nothing")
         num_pred_tokens: int = decodekit.param(10, ge=1, le=256, help="tokens drafted after a match (at most)")
+        plan: bool = decodekit.param(True, help="let decodekit's step planner cut each draft to what pays on this "
+                                                "machine (false: always put the whole draft through)")
 
         def __attrs_post_init__(self) -> None:
             if self.min_ngram > self.max_ngram:
                 raise ValueError(f"min_ngram must be <= max_ngram ({self.max_ngram}), got {self.min_ngram}; "
                                  f"lower min_ngram as well")
 
-    def propose(self, state: decodekit.DecodeState) -> list[int]:
-        """Draft from the committed tokens; never more than can still be committed after the bonus token."""
+    def start(self, state: decodekit.DecodeState) -> None:
+        # The planner weighs each draft's expected accepted tokens (learnt per match length n as the
+        # decode goes) against what a longer forward costs on this machine.
+        self.planner = decodekit.StepPlanner(cost=state.forward_cost()) if self.params.plan else None
+
+    def propose(self, state: decodekit.DecodeState) -> list[decodekit.Draft]:
+        """Draft from the committed tokens; never more than can still be committed after the bonus token.
+
+        With planning, the draft is cut to the prefix that maximises expected tokens per second.
+        """
         budget = min(self.params.num_pred_tokens, state.remaining - 1)
         if budget <= 0:
             return []
-        return find_draft(state.tokens, max_ngram=self.params.max_ngram, min_ngram=self.params.min_ngram,
-                          num_pred_tokens=budget)
+        tokens, n = find_match(state.tokens, max_ngram=self.params.max_ngram, min_ngram=self.params.min_ngram,
+                               num_pred_tokens=budget)
+        drafts = [decodekit.Draft(tokens=tokens, source=f"lookup:{n}")] if tokens else []
+        if self.planner is not None:
+            drafts = list(self.planner.plan(drafts, state.kv.length).drafts)
+        return drafts
 
     @staticmethod
     def verify(state: decodekit.DecodeState, draft: list[int], logits: torch.Tensor) -> tuple[int, int]:
@@ -85,10 +105,14 @@ class PromptLookup(decodekit.Decoder):
         return accepted, int(choices[accepted])
 
     def step(self, state: decodekit.DecodeState) -> list[int]:
-        draft = self.propose(state)
+        drafts = self.propose(state)
+        draft = list(drafts[0].tokens) if drafts else []
         start = state.kv.length  # the cache holds every committed token but `pending`
         logits = state.forward([state.pending, *draft], layout=None)  # (T, V); the cache grows by T
         accepted, bonus = self.verify(state, draft, logits)
         # commit: keep pending and the accepted drafts' keys and values; drop the rejected ones
         state.kv.rollback(start + accepted + 1)
-        return [*draft[:accepted], bonus]
+        committed = [*draft[:accepted], bonus]
+        if self.planner is not None:
+            self.planner.record(drafts, committed)
+        return committed

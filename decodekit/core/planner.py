@@ -1,0 +1,234 @@
+"""The step planner: what one step puts through the model, from what drafts have earned and what a forward costs.
+
+A strategy's sources offer *drafts*: candidate continuations of the pending token, each labelled with
+its source ("context:3" for a context match of 3 tokens, "pool:window", "lookup:2", ...). The planner
+
+1. estimates, for every node of the trie the drafts form, the probability that verification accepts
+   it (`AcceptanceModel`: per source and depth, learnt from this decode's own steps);
+2. picks the k most probable nodes, and at most one *extra* block of tokens with a value of its own
+   (lookahead's window, whose n-grams pay in later steps), so as to maximise expected committed
+   tokens per second of forward time on this machine (a cost model: `decodekit.core.costmodel`):
+
+       rate(k, extra) = (1 + p_1 + ... + p_k + extra.value) / seconds(1 + extra.tokens + k, cached)
+
+A node is accepted only if its parent is, so probabilities never grow along a path and the k most
+probable nodes form a prefix-closed subtree: a tree the strategy can put through as it is. k = 0 with
+no extra is plain greedy's one-token step; it wins whenever no draft pays for its cost.
+
+The planner changes what is proposed, never what is accepted: a strategy that verifies as before
+stays exact whatever the planner chooses (the property tests drive it with synthetic cost models).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol, Sequence
+
+import attrs
+
+
+class ForwardCost(Protocol):
+    """What the planner needs of a cost model: predicted seconds of one forward (only ratios matter)."""
+
+    def seconds(self, tokens: int, cached: int) -> float: ...
+
+
+@attrs.frozen(kw_only=True)
+class Draft:
+    """A candidate continuation of the pending token, and the source it came from."""
+
+    tokens: tuple[int, ...] = attrs.field(converter=tuple)
+    source: str
+
+
+@attrs.frozen(kw_only=True)
+class Extra:
+    """A block of tokens a step may carry besides the drafts (lookahead's window): its size and worth.
+
+    value: the tokens it is expected to commit, later steps included, in the unit of accepted tokens.
+    """
+
+    tokens: int
+    value: float
+    label: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class PlannedStep:
+    """The planner's choice for one step."""
+
+    drafts: tuple[Draft, ...]  # the drafts to put through, each cut to its chosen prefix
+    extra: Extra | None  # the extra block to carry, or None
+    nodes: int  # distinct draft tokens (trie nodes) put through
+    expected: float  # expected tokens committed this step, the bonus token included
+    seconds: float  # predicted forward time
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in the step's forward: the pending token, the extra block and the draft nodes."""
+        return 1 + (self.extra.tokens if self.extra else 0) + self.nodes
+
+
+@attrs.define(eq=False)
+class AcceptanceModel:
+    """P(a draft's d-th token is accepted | its first d-1 were), per (source, depth), from counts.
+
+    Each (source, depth) keeps decayed counts of accepted and tried tokens under a Beta prior of mean
+    `prior_mean` and weight `prior_weight`; the estimate is the posterior mean plus `optimism` standard
+    deviations, so an untried source gets tried, and one whose evidence has faded (counts decay by
+    `decay` each step) is tried again later: a text that turns to copying is noticed. Depths beyond
+    `max_depth` share its counts.
+    """
+
+    prior_mean: float = 0.35
+    prior_weight: float = 2.0
+    optimism: float = 1.0
+    decay: float = 0.97
+    max_depth: int = 8
+    counts: dict[tuple[str, int], list[float]] = attrs.Factory(dict)  # (source, depth) -> [accepted, tried]
+
+    def probability(self, source: str, depth: int) -> float:
+        accepted, tried = self.counts.get((source, min(depth, self.max_depth)), (0.0, 0.0))
+        alpha = accepted + self.prior_mean * self.prior_weight
+        beta = tried - accepted + (1.0 - self.prior_mean) * self.prior_weight
+        total = alpha + beta
+        spread = math.sqrt(alpha * beta / (total * total * (total + 1.0)))
+        return min(1.0, alpha / total + self.optimism * spread)
+
+    def path(self, draft: Draft) -> list[float]:
+        """P(the draft's first d tokens are all accepted), for d = 1..len(draft)."""
+        out, running = [], 1.0
+        for depth in range(1, len(draft.tokens) + 1):
+            running *= self.probability(draft.source, depth)
+            out.append(running)
+        return out
+
+    def record(self, draft: Draft, matched: int) -> None:
+        """A put-through draft whose first `matched` tokens were accepted: depths 1..matched+1 were tried."""
+        for depth in range(1, min(len(draft.tokens), matched + 1) + 1):
+            cell = self.counts.setdefault((draft.source, min(depth, self.max_depth)), [0.0, 0.0])
+            cell[1] += 1.0
+            cell[0] += 1.0 if depth <= matched else 0.0
+
+    def fade(self) -> None:
+        """One step passed: older evidence weighs less."""
+        for cell in self.counts.values():
+            cell[0] *= self.decay
+            cell[1] *= self.decay
+
+
+def matched_length(draft: Sequence[int], committed: Sequence[int]) -> int:
+    """How many leading tokens of a verified draft were accepted: its common prefix with the committed tokens.
+
+    The committed tokens are the accepted path plus the bonus token, and the bonus differs from the next
+    token of every draft that followed the accepted path (else verification would have accepted it).
+    """
+    n = 0
+    for a, b in zip(draft, committed):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+@attrs.define(eq=False)
+class _Nodes:
+    """The drafts' trie with an acceptance probability per node (parents before children)."""
+
+    parents: list[int] = attrs.Factory(list)
+    depths: list[int] = attrs.Factory(list)
+    probs: list[float] = attrs.Factory(list)
+    paths: list[list[int]] = attrs.Factory(list)  # per draft: its node indices in order
+
+    @classmethod
+    def build(cls, drafts: Sequence[Draft], acceptance: AcceptanceModel) -> "_Nodes":
+        nodes = cls()
+        index: dict[tuple[int, int], int] = {}
+        miss: list[float] = []  # per node: P(no draft through it is accepted there), before capping
+        for draft in drafts:
+            parent, path = -1, []
+            for depth, p in enumerate(acceptance.path(draft), start=1):
+                key = (parent, draft.tokens[depth - 1])
+                node = index.get(key)
+                if node is None:
+                    node = index[key] = len(nodes.parents)
+                    nodes.parents.append(parent)
+                    nodes.depths.append(depth)
+                    miss.append(1.0)
+                miss[node] *= 1.0 - p
+                path.append(node)
+                parent = node
+            nodes.paths.append(path)
+        nodes.probs = [1.0 - m for m in miss]
+        nodes._make_consistent()
+        return nodes
+
+    def _make_consistent(self) -> None:
+        """A child is at most as likely as its parent, and siblings (exclusive outcomes) sum to at most it."""
+        children: dict[int, list[int]] = {}
+        for node, parent in enumerate(self.parents):
+            children.setdefault(parent, []).append(node)
+        for parent in [-1, *range(len(self.parents))]:  # parents are created before their children
+            kids = children.get(parent, [])
+            if not kids:
+                continue
+            ceiling = 1.0 if parent < 0 else self.probs[parent]
+            for kid in kids:
+                self.probs[kid] = min(self.probs[kid], ceiling)
+            total = sum(self.probs[k] for k in kids)
+            if total > ceiling > 0:
+                for kid in kids:
+                    self.probs[kid] *= ceiling / total
+
+    def ranked(self) -> list[int]:
+        """Nodes by probability, ties by depth: every prefix of this order is prefix-closed."""
+        return sorted(range(len(self.probs)), key=lambda n: (-self.probs[n], self.depths[n], n))
+
+
+@attrs.define(eq=False)
+class StepPlanner:
+    """Chooses each step's drafts (and extra block) from the acceptance model and the cost of a forward.
+
+    Strategies call `plan` before a step's forward and `record` after verifying it. Plugin strategies
+    use it the same way (the prompt-lookup plugin sizes its drafts with it).
+    """
+
+    cost: ForwardCost
+    acceptance: AcceptanceModel = attrs.Factory(AcceptanceModel)
+    max_nodes: int = 64
+
+    def plan(self, drafts: Sequence[Draft], cached: int, extras: Sequence[Extra] = ()) -> PlannedStep:
+        """The drafts' prefixes (and extra) that maximise expected committed tokens per second of forward time."""
+        drafts = [d for d in drafts if d.tokens]
+        nodes = _Nodes.build(drafts, self.acceptance)
+        order = nodes.ranked()[: self.max_nodes]
+        gains = [0.0]
+        for node in order:
+            gains.append(gains[-1] + nodes.probs[node])
+        best = (1.0 / self.cost.seconds(1, cached), 0, None)  # (rate, nodes, extra): the one-token step
+        for extra in (None, *extras):
+            size = extra.tokens if extra else 0
+            worth = extra.value if extra else 0.0
+            for k, gain in enumerate(gains):
+                rate = (1.0 + gain + worth) / self.cost.seconds(1 + size + k, cached)
+                if rate > best[0] * (1 + 1e-9):  # a strict gain: ties keep the smaller step
+                    best = (rate, k, extra)
+        _, k, extra = best
+        chosen = set(order[:k])
+        cut = []
+        for draft, path in zip(drafts, nodes.paths):
+            keep = 0
+            while keep < len(path) and path[keep] in chosen:
+                keep += 1
+            if keep:
+                cut.append(Draft(tokens=draft.tokens[:keep], source=draft.source))
+        size = 1 + (extra.tokens if extra else 0) + k
+        return PlannedStep(drafts=tuple(cut), extra=extra, nodes=k,
+                           expected=1.0 + gains[k] + (extra.value if extra else 0.0),
+                           seconds=self.cost.seconds(size, cached))
+
+    def record(self, drafts: Sequence[Draft], committed: Sequence[int]) -> None:
+        """After verification: teach the acceptance model what each put-through draft earned."""
+        self.acceptance.fade()
+        for draft in drafts:
+            self.acceptance.record(draft, matched_length(draft.tokens, committed))

@@ -1,0 +1,95 @@
+"""The step planner's decisions: what it puts through on flat and steep cost curves, and when it stops drafting."""
+
+import pytest
+
+from decodekit.core.costmodel import CostModel
+from decodekit.core.planner import AcceptanceModel, Draft, Extra, StepPlanner, _Nodes, matched_length
+
+FLAT = CostModel.flat(0.01)
+STEEP = CostModel.linear(base=0.01, per_token=0.01)  # every extra token costs a whole forward
+GENTLE = CostModel.linear(base=0.01, per_token=0.001)
+
+DRAFTS = [Draft(tokens=(1, 2, 3, 4, 5, 6, 7, 8), source="context:4"), Draft(tokens=(1, 2, 9), source="pool:text"),
+          Draft(tokens=(3, 4, 5), source="pool:window"), Draft(tokens=(7,), source="pool:text")]
+
+
+def test_a_flat_curve_puts_the_whole_tree_through():
+    step = StepPlanner(cost=FLAT).plan(DRAFTS, cached=100)
+    assert step.nodes == 8 + 1 + 3 + 1  # every distinct trie node: (1, 2) is shared
+    assert {d.tokens for d in step.drafts} == {d.tokens for d in DRAFTS}
+    assert step.expected > 1.0 and step.tokens == 1 + step.nodes
+
+
+def test_a_steep_curve_drafts_nothing():
+    # a node is worth less than one token (p < 1) and costs as much as a whole forward: never pays
+    step = StepPlanner(cost=STEEP).plan(DRAFTS, cached=100)
+    assert step.nodes == 0 and step.drafts == () and step.extra is None
+    assert step.expected == 1.0 and step.tokens == 1
+
+
+def test_a_gentle_curve_drafts_only_the_likely_prefix():
+    planner = StepPlanner(cost=GENTLE)
+    for _ in range(30):  # context:4 drafts have been right all along, pool drafts wrong
+        planner.record([Draft(tokens=(1, 2, 3, 4, 5, 6, 7, 8), source="context:4")], committed=[1, 2, 3, 4, 5, 6, 7, 8, 0])
+        planner.record([Draft(tokens=(3, 4, 5), source="pool:text"), Draft(tokens=(3, 4), source="pool:window")],
+                       committed=[6])
+    step = planner.plan(DRAFTS, cached=100)
+    assert [d.source for d in step.drafts] == ["context:4", "pool:text"]  # (1, 2) is shared with context's draft
+    assert step.drafts[0].tokens == (1, 2, 3, 4, 5, 6, 7, 8)
+    assert step.drafts[1].tokens == (1, 2)  # the pool's 9 after (1, 2) is not worth its cost
+    assert "pool:window" not in {d.source for d in step.drafts}
+
+
+def test_drafting_stops_when_drafts_keep_failing_and_resumes_when_evidence_fades():
+    planner = StepPlanner(cost=GENTLE)
+    draft = Draft(tokens=(5, 6, 7), source="lookup:2")
+    assert planner.plan([draft], cached=10).nodes == 3  # untried: the prior is optimistic enough
+    for _ in range(20):
+        planner.record([draft], committed=[9])  # the first token never matches
+    assert planner.plan([draft], cached=10).nodes == 0
+    for _ in range(200):
+        planner.record([], committed=[9])  # steps without drafts: the old evidence fades
+    assert planner.plan([draft], cached=10).nodes > 0
+
+
+def test_an_extra_block_is_carried_when_its_worth_pays_for_its_tokens():
+    window = Extra(tokens=8, value=0.5, label="w8")
+    assert StepPlanner(cost=FLAT).plan([], cached=10, extras=[window]).extra is window
+    assert StepPlanner(cost=STEEP).plan([], cached=10, extras=[window]).extra is None
+    # at 1.5 one-token forwards for 9 tokens, 1.5 tokens' worth breaks even; 0.5 does not
+    stepped = CostModel.from_points({1: 1.0, 2: 1.5, 64: 1.5})
+    assert StepPlanner(cost=stepped).plan([], cached=10, extras=[window]).extra is None
+    assert StepPlanner(cost=stepped).plan([], cached=10, extras=[Extra(tokens=8, value=0.6)]).extra is not None
+
+
+def test_node_probabilities_are_consistent_and_the_chosen_nodes_prefix_closed():
+    acceptance = AcceptanceModel(prior_mean=0.9, optimism=0.0)
+    drafts = [Draft(tokens=(1, 2), source="a"), Draft(tokens=(3, 4), source="b"), Draft(tokens=(5,), source="c"),
+              Draft(tokens=(1, 7), source="d")]
+    nodes = _Nodes.build(drafts, acceptance)
+    children = {}
+    for node, parent in enumerate(nodes.parents):
+        children.setdefault(parent, []).append(node)
+        if parent >= 0:
+            assert nodes.probs[node] <= nodes.probs[parent] + 1e-12
+    for parent, kids in children.items():
+        assert sum(nodes.probs[k] for k in kids) <= (1.0 if parent < 0 else nodes.probs[parent]) + 1e-9
+    order = nodes.ranked()
+    for k in range(len(order) + 1):
+        chosen = set(order[:k])
+        assert all(nodes.parents[n] in chosen or nodes.parents[n] < 0 for n in chosen)
+
+
+@pytest.mark.parametrize("draft, committed, matched", [
+    ((1, 2, 3), [1, 2, 9], 2), ((1, 2, 3), [1, 2, 3, 4], 3), ((1,), [2], 0), ((), [5], 0),
+])
+def test_matched_length(draft, committed, matched):
+    assert matched_length(draft, committed) == matched
+
+
+def test_acceptance_counts_depths_tried_and_accepted():
+    model = AcceptanceModel(optimism=0.0, prior_weight=0.0001)
+    model.record(Draft(tokens=(1, 2, 3, 4), source="s"), matched=2)  # depths 1, 2 accepted, 3 tried and rejected
+    assert model.counts == {("s", 1): [1.0, 1.0], ("s", 2): [1.0, 1.0], ("s", 3): [0.0, 1.0]}
+    assert model.probability("s", 1) == pytest.approx(1.0, abs=1e-3)
+    assert model.probability("s", 3) == pytest.approx(0.0, abs=1e-3)
