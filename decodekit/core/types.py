@@ -37,6 +37,9 @@ class GenerationStats:
     accepted_histogram: {tokens committed in one step: number of such steps}.
     seconds: wall-clock time of the decode, prefill included.
     tokens_computed: tokens fed through the model after the prefill (what the steps cost).
+    cut_tokens: tokens a step had accepted past the point where the sequence stopped (an eos, a stop
+    string or max_new_tokens inside a multi-token step), cut off by the loop; 0 when every stop fell on
+    a step boundary.
     """
 
     steps: int
@@ -44,6 +47,7 @@ class GenerationStats:
     accepted_histogram: Mapping[int, int] = attrs.field(converter=_frozen_histogram)
     seconds: float
     tokens_computed: int = 0
+    cut_tokens: int = 0
 
     @property
     def mean_accepted(self) -> float:
@@ -66,6 +70,7 @@ class GenerationStats:
             accepted_histogram=histogram,
             seconds=sum(p.seconds for p in parts),
             tokens_computed=sum(p.tokens_computed for p in parts),
+            cut_tokens=sum(p.cut_tokens for p in parts),
         )
 
     def summary(self) -> str:

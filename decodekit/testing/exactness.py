@@ -70,6 +70,8 @@ def compare_with_greedy(model: Any, input_ids: torch.Tensor | Sequence[int], str
                         eos_token_id: int | Iterable[int] | None = None, draft_model: Any = None) -> Comparison:
     """Decode one prompt with greedy and with `strategy` (same model, same stop rule) and compare them.
 
+    eos_token_id None: the model's generation config's eos; [] never stops.
+
     draft_model is passed to the strategy only (for strategies that need one).
     """
     import decodekit
@@ -77,7 +79,9 @@ def compare_with_greedy(model: Any, input_ids: torch.Tensor | Sequence[int], str
     params = dict(params or {})
     ids = torch.as_tensor(input_ids, dtype=torch.long)
     ids = ids[None] if ids.dim() == 1 else ids  # (1, T)
-    kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=eos_token_id)
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens)
+    if eos_token_id is not None:  # None: the model's own eos (generate() would read an explicit None as "no eos")
+        kwargs["eos_token_id"] = eos_token_id
     greedy = decodekit.generate(model, ids, "greedy", **kwargs)
     extra = {"draft_model": draft_model} if draft_model is not None else {}
     output = decodekit.generate(model, ids, strategy, **kwargs, **extra, **params)
