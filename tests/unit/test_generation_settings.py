@@ -12,7 +12,7 @@ import copy
 
 import pytest
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 import decodekit
 from decodekit.strategies.speculative import truncated_draft
@@ -92,3 +92,38 @@ def test_batch_padding_uses_the_first_eos_when_no_pad_id():
     ids = torch.tensor([[5, 6, 7], [9, 10, 11]])
     out = assert_all_match(model, ids, max_new_tokens=16, eos_token_id=[2, 10])
     assert (out == 2).any()  # a finished row padded with eos_token_id[0], as HF pads it
+
+
+class StopAfterPair(StoppingCriteria):
+    """A user's criterion: stop once the sequence ends with `pair` (a function of input_ids alone)."""
+
+    def __init__(self, pair):
+        self.pair = list(pair)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.tensor([row[-2:].tolist() == self.pair for row in input_ids])
+
+
+@pytest.mark.parametrize("arch, seed, prompt", MODELS)
+def test_a_users_stopping_criteria_cut_steps_where_greedy_stops(arch, seed, prompt):
+    model = fresh(arch, seed)
+    model.generation_config.eos_token_id = None
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        free = model.generate(ids, do_sample=False, max_new_tokens=20)[0, len(prompt):].tolist()
+    for at in (3, 9):
+        criteria = StoppingCriteriaList([StopAfterPair(free[at - 1: at + 1])])
+        out = assert_all_match(model, ids, max_new_tokens=20, stopping_criteria=criteria)
+        assert out.shape[1] <= len(prompt) + at + 1
+
+
+def test_rows_stopped_by_a_criterion_go_on_without_an_eos_as_hf_does():
+    # no eos criterion: model.generate pads nothing, so a row that has stopped goes on decoding
+    model = fresh("llama", 3)
+    model.generation_config.eos_token_id = None
+    ids = torch.tensor([[5, 6, 7], [9, 10, 11]])
+    with torch.inference_mode():
+        free = model.generate(ids, do_sample=False, max_new_tokens=20)[0, 3:].tolist()
+    criteria = StoppingCriteriaList([StopAfterPair(free[3:5])])
+    out = assert_all_match(model, ids, max_new_tokens=20, stopping_criteria=criteria)
+    assert out[0, 3:].tolist() == free  # row 0 met the criterion early and went on with real tokens
