@@ -1,7 +1,7 @@
 """decodekit: exact, faster decoding for HuggingFace causal language models."""
 
 from decodekit import models
-from decodekit.api import generate, list_strategies
+from decodekit.api import generate, hf_generate, list_strategies
 from decodekit.core.decoder import Decoder, DecodeState
 from decodekit.core.params import param
 from decodekit.core.types import Capabilities, GenerationOutput, GenerationStats
@@ -28,6 +28,7 @@ __all__ = [
     "StrategyParameterError",
     "UnknownStrategyError",
     "generate",
+    "hf_generate",
     "hookimpl",
     "list_strategies",
     "models",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import Any, Callable, Mapping
 
 import attrs
@@ -218,3 +219,82 @@ def run(model: Any, backend: HFBackend, ids: torch.Tensor, info: StrategyInfo, s
     return GenerationOutput(sequences=sequences.to(device),
                             stats=stats[0] if len(stats) == 1 else GenerationStats.merge(stats))
 
+
+
+# model kwargs model.generate hands a custom_generate callable besides the inputs; all but these are refused
+_HF_MODEL_KWARGS = frozenset({"attention_mask", "position_ids", "cache", "past_key_values", "use_cache",
+                              "logits_to_keep"})
+
+
+class HFGenerate:
+    """decodekit's strategies inside HF's own generate: `model.generate(..., custom_generate=decodekit.hf_generate)`.
+
+        model.generate(input_ids, custom_generate=decodekit.hf_generate, strategy="lookahead", W=3,
+                       max_new_tokens=64, repetition_penalty=1.2)
+
+    model.generate prepares everything as usual (the generation config with eos, pad and lengths,
+    the logits processors, the stopping criteria) and calls this with them (transformers >= 4.56);
+    decodekit decodes with `strategy` and returns what model.generate returns: the sequences, or a
+    GenerateDecoderOnlyOutput holding them with return_dict_in_generate=True. Strategy parameters,
+    `strategy`, `draft_model`, `generator` and `on_step` are keywords of model.generate. (HF reads a
+    custom_generate callable's own keywords from its signature, so the signature lists every
+    registered strategy's parameters.) transformers 5.x does not hand such a callable `streamer=`
+    or `tokenizer=`: pass stop strings as stopping_criteria=[StopStringCriteria(tokenizer, [...])].
+    """
+
+    _FIXED = ("model", "input_ids", "logits_processor", "stopping_criteria", "generation_config")
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        P = inspect.Parameter
+        params = [P(name, P.POSITIONAL_OR_KEYWORD) for name in self._FIXED]
+        params += [P("strategy", P.KEYWORD_ONLY, default="greedy"), P("draft_model", P.KEYWORD_ONLY, default=None),
+                   P("generator", P.KEYWORD_ONLY, default=None), P("on_step", P.KEYWORD_ONLY, default=None)]
+        taken = {p.name for p in params}
+        registry = get_registry()
+        for name in registry.names():
+            for field in attrs.fields(registry.get(name).cls.Params):
+                if field.name not in taken:
+                    taken.add(field.name)
+                    params.append(P(field.name, P.KEYWORD_ONLY, default=None))
+        return inspect.Signature(params + [P("model_kwargs", P.VAR_KEYWORD)])
+
+    def __call__(self, model: Any, input_ids: torch.Tensor, logits_processor: Any = None, stopping_criteria: Any = None,
+                 generation_config: Any = None, *, strategy: str = "greedy", draft_model: Any = None,
+                 generator: torch.Generator | None = None, on_step: Callable[[list[int]], None] | None = None,
+                 **kwargs: Any) -> Any:
+        registry = get_registry()
+        info = registry.get(strategy)
+        fields = {f.name for f in attrs.fields(info.cls.Params)}
+        params = {k: v for k, v in kwargs.items() if k in fields}
+        rest = {k: v for k, v in kwargs.items() if k not in fields}
+        every_param = set(self.__signature__.parameters)
+        stray = sorted(k for k, v in rest.items() if k in every_param and v is not None)
+        if stray:  # another strategy's parameter
+            registry.make_params(strategy, {k: rest[k] for k in stray})
+        unknown = sorted(k for k in rest if k not in every_param and k not in _HF_MODEL_KWARGS)
+        if unknown:
+            raise InputError(f"decodekit.hf_generate cannot use model.generate's {', '.join(map(repr, unknown))}")
+        strategy_params = registry.make_params(strategy, params)
+        backend = HFBackend.for_model(model)
+        ids = _check_input_ids(input_ids, backend.vocab_size)
+        _check_attention_mask(rest.get("attention_mask"), input_ids)
+        for name in ("cache", "past_key_values"):
+            cache = rest.get(name)
+            if cache is not None and HFBackend.cache_length(cache) > 0:
+                raise InputError(f"{name}= holds {HFBackend.cache_length(cache)} positions; decodekit.hf_generate "
+                                 f"starts from an empty cache")
+        _check_callbacks(on_step, None, int(ids.shape[0]))
+        if generation_config is None:
+            raise InputError("decodekit.hf_generate is called by model.generate(custom_generate=...), which passes "
+                             "generation_config; to call decodekit directly use decodekit.generate")
+        settings = hf_generation.from_prepared(model, ids, backend.vocab_size, generation_config, logits_processor,
+                                               stopping_criteria)
+        out = run(model, backend, ids, info, strategy_params, settings, draft_model=draft_model, generator=generator,
+                  on_step=on_step, streamer=None, device=input_ids.device)
+        if settings.return_dict_in_generate:
+            return hf_generation.decoder_only_output(out.sequences)
+        return out.sequences
+
+
+hf_generate = HFGenerate()

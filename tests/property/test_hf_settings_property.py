@@ -8,7 +8,8 @@ set must be applied at every verified position with that position's own prefix, 
 (eos, max_new_tokens) must fall exactly where greedy decoding puts it, inside multi-token steps too.
 
 Examples: three times the profile's max_examples (300 in the ci profile), each checking all five
-exact strategies (greedy, jacobi, lookahead, speculative, prompt-lookup).
+exact strategies (greedy, jacobi, lookahead, speculative, prompt-lookup), through decodekit.generate
+and through model.generate(custom_generate=decodekit.hf_generate).
 """
 
 from __future__ import annotations
@@ -94,3 +95,7 @@ def test_every_exact_strategy_equals_hf_generate(case, gamma, block_size, w, n):
     for name, params in runs:
         out = decodekit.generate(model, ids, name, **kw, **params)
         assert torch.equal(out.sequences, expected), f"{name}: {out.sequences[0, ids.shape[1]:].tolist()}"
+        with torch.inference_mode():  # the same through HF's own generate
+            via_hf = model.generate(ids, do_sample=False, attention_mask=torch.ones_like(ids),
+                                    custom_generate=decodekit.hf_generate, strategy=name, **kw, **params)
+        assert torch.equal(via_hf, expected), f"{name} via custom_generate: {via_hf[0, ids.shape[1]:].tolist()}"
