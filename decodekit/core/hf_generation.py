@@ -347,6 +347,10 @@ def resolve(model: Any, input_ids: torch.Tensor, vocab: int, generation_config: 
     except (ValueError, TypeError) as exc:  # HF's own validation of a setting decodekit does not check itself
         raise InputError(f"generation settings: {exc}") from None
     _warn_unused_sampling(kwargs, bool(config.do_sample))
+    if has_default_max_length and config.max_new_tokens is None:
+        warnings.warn(f"neither max_new_tokens nor max_length is set: model.generate's default max_length applies "
+                      f"({config.max_length}, {config.max_length - prompt_length} new tokens); set max_new_tokens",
+                      UserWarning, stacklevel=3)
     return _settings(model, input_ids, config, processors, criteria, vocab, allow_return_dict=False)
 
 

@@ -68,7 +68,9 @@ def test_lengths(arch, seed, prompt):
     model = fresh(arch, seed)
     model.generation_config.eos_token_id = None
     ids = torch.tensor([prompt])
-    assert assert_all_match(model, ids).shape[1] == len(prompt) + 20  # HF's default: max_length 20 more tokens
+    with pytest.warns(UserWarning, match=r"neither max_new_tokens nor max_length is set: model.generate's default "
+                                         r"max_length applies \(\d+, 20 new tokens\)"):
+        assert assert_all_match(model, ids).shape[1] == len(prompt) + 20  # HF's default: max_length 20 more tokens
     assert assert_all_match(model, ids, max_length=11).shape[1] == 11
     model.generation_config.max_length = 9
     assert assert_all_match(model, ids).shape[1] == 9
