@@ -166,13 +166,13 @@ def generate(
     settings = hf_generation.resolve(model, ids, backend.vocab_size, generation_config, settings_kwargs,
                                      logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                                      tokenizer=tokenizer, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn)
-    return run(model, backend, ids, info, strategy_params, settings, draft_model=draft_model, generator=generator,
-               on_step=on_step, streamer=streamer, device=input_ids.device)
+    return _decode_rows(backend, ids, info, strategy_params, settings, draft_model=draft_model, generator=generator,
+                        on_step=on_step, streamer=streamer, device=input_ids.device)
 
 
-def run(model: Any, backend: HFBackend, ids: torch.Tensor, info: StrategyInfo, strategy_params: Any,
-        settings: hf_generation.GenerationSettings, *, draft_model: Any, generator: Any,
-        on_step: Callable[[list[int]], None] | None, streamer: Any, device: torch.device) -> GenerationOutput:
+def _decode_rows(backend: HFBackend, ids: torch.Tensor, info: StrategyInfo, strategy_params: Any,
+                 settings: hf_generation.GenerationSettings, *, draft_model: Any, generator: Any,
+                 on_step: Callable[[list[int]], None] | None, streamer: Any, device: torch.device) -> GenerationOutput:
     """Decode every row of `ids` (B, L) with resolved settings; checks what is left before the first forward."""
     prompt_length = int(ids.shape[1])
     backend.check_length(prompt_length + settings.max_new_tokens,
@@ -218,7 +218,6 @@ def run(model: Any, backend: HFBackend, ids: torch.Tensor, info: StrategyInfo, s
     sequences = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)  # (B, L)
     return GenerationOutput(sequences=sequences.to(device),
                             stats=stats[0] if len(stats) == 1 else GenerationStats.merge(stats))
-
 
 
 # model kwargs model.generate hands a custom_generate callable besides the inputs; all but these are refused
@@ -290,8 +289,8 @@ class HFGenerate:
                              "generation_config; to call decodekit directly use decodekit.generate")
         settings = hf_generation.from_prepared(model, ids, backend.vocab_size, generation_config, logits_processor,
                                                stopping_criteria)
-        out = run(model, backend, ids, info, strategy_params, settings, draft_model=draft_model, generator=generator,
-                  on_step=on_step, streamer=None, device=input_ids.device)
+        out = _decode_rows(backend, ids, info, strategy_params, settings, draft_model=draft_model,
+                           generator=generator, on_step=on_step, streamer=None, device=input_ids.device)
         if settings.return_dict_in_generate:
             return hf_generation.decoder_only_output(out.sequences)
         return out.sequences

@@ -109,6 +109,8 @@ def test_meta_model_is_refused():
         meta = type(model)(model.config)
     with pytest.raises(ModelNotSupportedError, match=r"model has weights on the meta device"):
         decodekit.generate(meta, IDS)
+    with pytest.raises(ModelNotSupportedError, match=r"draft_model has weights on the meta device"):
+        decodekit.generate(model, IDS, "speculative", draft_model=meta, max_new_tokens=4)
 
 
 def test_valid_but_unused_sampling_values_warn(model):
