@@ -46,7 +46,7 @@ from transformers.generation import (
 )
 
 from decodekit.core.sampling import SamplingConfig
-from decodekit.errors import InputError
+from decodekit.errors import InputError, ModelNotSupportedError
 
 # Every attribute a GenerationConfig has: a keyword of generate() with one of these names is a generation
 # setting, any other keyword a strategy parameter.
@@ -64,6 +64,9 @@ _NOT_PER_ROW = {UnbatchedClassifierFreeGuidanceLogitsProcessor: "guidance_scale"
 
 _SAMPLING_ONLY = ("temperature", "top_k", "top_p")  # validated even without do_sample; warned about when unused
 _HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}  # the values model.generate does not warn about
+# the GenerationMixin methods whose rules decodekit follows (see the module docstring)
+_GENERATE_HELPERS = ("_prepare_generation_config", "_prepare_special_tokens", "_prepare_generated_length",
+                     "_get_logits_processor", "_get_stopping_criteria")
 _OUTPUT_FLAGS = ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
 
 
@@ -293,6 +296,10 @@ def resolve(model: Any, input_ids: torch.Tensor, vocab: int, generation_config: 
 
     kwargs: the call's GenerationConfig keywords (max_new_tokens, eos_token_id, do_sample, stop_strings, ...).
     """
+    missing = [m for m in _GENERATE_HELPERS if not callable(getattr(model, m, None))]
+    if missing:
+        raise ModelNotSupportedError(f"model ({type(model).__name__}) lacks model.generate's helpers {missing}: "
+                                     f"decodekit needs a causal LM with a generation head (a GenerationMixin)")
     if generation_config is not None and not isinstance(generation_config, GenerationConfig):
         raise InputError(f"generation_config must be a transformers GenerationConfig, got "
                          f"{type(generation_config).__name__}")
