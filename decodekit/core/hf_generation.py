@@ -125,7 +125,7 @@ def _check_call_values(kwargs: Mapping[str, Any], vocab: int) -> None:
         if not cond:
             raise InputError(f"{name} must be {allowed}, got {kwargs[name]!r}")
 
-    if "max_new_tokens" in kwargs:
+    if kwargs.get("max_new_tokens") is not None:  # None: max_length decides, as in model.generate
         need(_is_int(kwargs["max_new_tokens"]) and kwargs["max_new_tokens"] >= 1, "max_new_tokens", "an integer >= 1")
     for name in ("max_length", "min_length", "min_new_tokens", "no_repeat_ngram_size", "top_k"):
         if name in kwargs and kwargs[name] is not None:

@@ -72,6 +72,7 @@ def test_lengths(arch, seed, prompt):
                                          r"max_length applies \(\d+, 20 new tokens\)"):
         assert assert_all_match(model, ids).shape[1] == len(prompt) + 20  # HF's default: max_length 20 more tokens
     assert assert_all_match(model, ids, max_length=11).shape[1] == 11
+    assert assert_all_match(model, ids, max_length=11, max_new_tokens=None).shape[1] == 11
     model.generation_config.max_length = 9
     assert assert_all_match(model, ids).shape[1] == 9
     model.generation_config.max_new_tokens = 4
