@@ -29,6 +29,7 @@ _EXPORTS = {
     "StrategyParameterError": "decodekit.errors",
     "UnknownStrategyError": "decodekit.errors",
     "generate": "decodekit.api",
+    "hf_generate": "decodekit.api",
     "hookimpl": "decodekit.plugins.hookspecs",
     "list_strategies": "decodekit.api",
     "models": "decodekit.models",
@@ -39,7 +40,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from decodekit import models
-    from decodekit.api import generate, list_strategies
+    from decodekit.api import generate, hf_generate, list_strategies
     from decodekit.core.decoder import DecodeState, Decoder
     from decodekit.core.params import param
     from decodekit.core.planner import AcceptanceModel, Draft, Extra, StepPlanner

@@ -81,6 +81,9 @@ class HFBackend:
                 f"{role} must be a transformers PreTrainedModel with a causal-LM head, got {type(model).__name__}"
             )
         config = model.config
+        if any(p.is_meta for p in model.parameters()):
+            raise ModelNotSupportedError(f"{role} has weights on the meta device (no values); load or materialise "
+                                         f"them (e.g. model.to_empty(device=...) and load a state dict) first")
         if getattr(config, "is_encoder_decoder", False):
             raise ModelNotSupportedError(f"{role} is an encoder-decoder model; decodekit decodes causal LMs only")
         params = _forward_parameters(model)

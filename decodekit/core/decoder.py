@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import time
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import attrs
 import torch
@@ -37,6 +37,12 @@ class DecodeState:
     sampler: Any = None  # decodekit.core.sampling.Sampler when do_sample=True, else None (greedy)
     draft: HFBackend | None = None
     cost: Any = None  # the forward cost model (decodekit.core.costmodel), resolved by forward_cost()
+    # HF-style logits processors, (input_ids (1, L), scores (1, V)) -> (1, V), applied in order to every row
+    # whose next token is chosen, with that row's own prefix; run on `processing_device` (the input's device)
+    processors: Sequence[Any] = ()
+    processing_device: torch.device | None = None
+    # stop criteria beyond eos and max_new_tokens (stop strings, ...): prefix -> True when it ends the sequence
+    stop_checks: Sequence[Callable[[list[int]], bool]] = ()
     forwards: int = 0
     tokens_computed: int = 0
 
@@ -88,11 +94,53 @@ class DecodeState:
             self.cost = cost_model_for(self.backend.model)
         return self.cost
 
-    def choose(self, logits: torch.Tensor) -> torch.Tensor:
-        """The token the model emits after each row of logits (V,) or (T, V): argmax, or a sample."""
+    # -- choosing tokens: the scores model.generate computes, row by row ----------------------------
+
+    @staticmethod
+    def chain(draft: Sequence[int]) -> list[list[int]]:
+        """Paths of a chain forward over [pending, *draft]: row i follows the first i drafted tokens."""
+        return [list(draft[:i]) for i in range(len(draft) + 1)]
+
+    def scores(self, logits: torch.Tensor, paths: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
+        """Next-token scores as model.generate computes them: float32 logits, then the logits processors.
+
+        logits (V,) or (T, V). Row i follows the committed tokens and then `paths[i]` (the draft tokens
+        between the pending token and that row: [] for the row after the pending token); `chain(draft)`
+        gives the paths of a chain. Without processors the paths are not needed. Returns (V,) or (T, V) float32.
+        """
+        scores = logits.float()  # (T, V) or (V,)
+        if not self.processors:
+            return scores
+        rows = scores.reshape(-1, scores.shape[-1])  # (T, V)
+        if paths is None:
+            if rows.shape[0] != 1:
+                raise RuntimeError(f"scores() of {rows.shape[0]} rows needs their paths (logits processors are on)")
+            paths = [[]]
+        if len(paths) != rows.shape[0]:
+            raise RuntimeError(f"scores() got {rows.shape[0]} rows of logits but {len(paths)} paths")
+        device = self.processing_device or rows.device
+        out = []
+        for row, path in zip(rows, paths):
+            prefix = torch.tensor([self.tokens + list(path)], dtype=torch.long, device=device)  # (1, L)
+            processed = row[None].to(device, copy=True)  # (1, V): processors may write in place
+            for processor in self.processors:
+                processed = processor(prefix, processed)  # (1, V)
+            out.append(processed[0].to(rows.device))
+        return torch.stack(out).reshape(scores.shape)  # (T, V) or (V,)
+
+    def choose(self, logits: torch.Tensor, paths: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
+        """The token the model emits after each row of logits (V,) or (T, V): argmax, or a sample.
+
+        `paths` as in `scores`: needed for more than one row when logits processors are on.
+        """
+        scores = self.scores(logits, paths)  # (T, V) or (V,)
         if self.sampler is None:
-            return logits.argmax(dim=-1)  # (T,) or ()
-        return self.sampler.sample(logits)
+            return scores.argmax(dim=-1)  # (T,) or ()
+        return self.sampler.sample(scores)
+
+    def probabilities(self, logits: torch.Tensor, paths: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
+        """The sampling distribution after each row (do_sample=True): processors, then temperature / top-k / top-p."""
+        return self.sampler.probabilities(self.scores(logits, paths))  # (T, V) or (V,)
 
 
 class Decoder(abc.ABC):

@@ -18,11 +18,19 @@ def prefill(state: DecodeState) -> int:
 
 
 def cut_at_stop(state: DecodeState, proposed: Sequence[int]) -> tuple[list[int], bool]:
-    """Keep a step's tokens up to the first eos (inclusive) and within max_new_tokens."""
+    """Keep a step's tokens up to the first that ends the sequence (inclusive) and within max_new_tokens.
+
+    A token ends the sequence when it is an eos id or when, appended, it makes a stop check true (a stop
+    string completed, ...): checked after every token, as greedy decoding checks after every step.
+    """
     tokens = list(proposed)[: state.remaining]
     for i, token in enumerate(tokens):
         if token in state.eos_ids:
             return tokens[: i + 1], True
+        if state.stop_checks:
+            prefix = state.tokens + tokens[: i + 1]
+            if any(check(prefix) for check in state.stop_checks):
+                return tokens[: i + 1], True
     return tokens, state.remaining - len(tokens) <= 0
 
 
@@ -37,6 +45,7 @@ def run(decoder: Decoder, state: DecodeState, on_step: StepCallback | None = Non
     """Decode one sequence with `decoder`; `state.tokens` ends as prompt + generated tokens."""
     began = time.perf_counter()
     histogram: dict[int, int] = {}
+    cut = 0
     first, done = cut_at_stop(state, [prefill(state)])
     commit(state, first, histogram, on_step)
     if not done:
@@ -53,7 +62,8 @@ def run(decoder: Decoder, state: DecodeState, on_step: StepCallback | None = Non
         tokens, done = cut_at_stop(state, proposed)
         if len(tokens) < len(proposed):
             state.kv.rollback(before - 1 + len(tokens))
+            cut += len(proposed) - len(tokens)
         commit(state, tokens, histogram, on_step)
     return GenerationStats(steps=state.forwards, new_tokens=len(state.tokens) - state.prompt_length,
                            accepted_histogram=histogram, seconds=time.perf_counter() - began,
-                           tokens_computed=state.tokens_computed, details=decoder.report())
+                           tokens_computed=state.tokens_computed, cut_tokens=cut, details=decoder.report())

@@ -38,6 +38,9 @@ class GenerationStats:
     seconds: wall-clock time of the decode, prefill included.
     tokens_computed: tokens fed through the model after the prefill (what the steps cost).
     details: the strategy's own counts (Decoder.report), e.g. lookahead's window_steps and window_columns.
+    cut_tokens: tokens a step had accepted past the point where the sequence stopped (an eos, a stop
+    string or max_new_tokens inside a multi-token step), cut off by the loop; 0 when every stop fell on
+    a step boundary.
     """
 
     steps: int
@@ -46,6 +49,7 @@ class GenerationStats:
     seconds: float
     tokens_computed: int = 0
     details: Mapping[str, float] = attrs.field(factory=dict, converter=lambda d: MappingProxyType(dict(d)))
+    cut_tokens: int = 0
 
     @property
     def mean_accepted(self) -> float:
@@ -73,6 +77,7 @@ class GenerationStats:
             seconds=sum(p.seconds for p in parts),
             tokens_computed=sum(p.tokens_computed for p in parts),
             details=details,
+            cut_tokens=sum(p.cut_tokens for p in parts),
         )
 
     @property

@@ -50,7 +50,7 @@ class Jacobi(Decoder):
     def step(self, state: DecodeState) -> list[int]:
         window = self.propose(state)
         logits = state.forward(window, layout=None)  # (T, V)
-        outputs = self.emit(state, logits)
+        outputs = self.emit(state, window, logits)
         return self.commit(state, window, outputs)
 
     # -- propose: pending token + the block's guesses ---------------------------------------------
@@ -72,11 +72,15 @@ class Jacobi(Decoder):
 
     # -- the model's output at every position ------------------------------------------------------
 
-    def emit(self, state: DecodeState, logits: torch.Tensor) -> list[int]:
-        """The token after each input: argmax, or (sampling) the inverse CDF at the position's fixed noise."""
+    def emit(self, state: DecodeState, window: list[int], logits: torch.Tensor) -> list[int]:
+        """The token after each input: argmax, or (sampling) the inverse CDF at the position's fixed noise.
+
+        Input i's prefix is the committed tokens and the guesses before it (for the logits processors).
+        """
+        paths = state.chain(window[1:])
         if state.sampler is None:
-            return logits.argmax(dim=-1).tolist()  # (T,)
-        probs = state.sampler.probabilities(logits)  # (T, V)
+            return state.choose(logits, paths).tolist()  # (T,)
+        probs = state.probabilities(logits, paths)  # (T, V)
         uniforms = torch.tensor(self.noise[: logits.shape[0]], dtype=torch.float64)  # (T,)
         return inverse_cdf(probs, uniforms).tolist()  # (T,)
 

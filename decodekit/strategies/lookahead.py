@@ -215,19 +215,23 @@ class Lookahead(Decoder):
 
     # -- verify ---------------------------------------------------------------------------------
 
-    def verify_greedy(self, plan: StepPlan, argmax: dict[int, int]) -> tuple[list[int], list[int]]:
-        """Longest trie path matching the model's argmax, plus the bonus token.
+    def verify_greedy(self, state: DecodeState, plan: StepPlan, logits: dict[int, torch.Tensor],
+                      argmax: dict[int, int]) -> tuple[list[int], list[int]]:
+        """Longest trie path matching the model's greedy choice, plus the bonus token.
 
-        Returns (committed tokens, plan indices of the accepted trie nodes).
+        The choice after a node is the argmax of its processed scores, with the accepted path as its
+        prefix (the raw argmax when no logits processor is on). Returns (committed tokens, plan indices
+        of the accepted trie nodes).
         """
         node, index, accepted = -1, 0, []
         while True:
-            child = plan.trie.child(node, argmax[index])
+            path = [plan.tokens[i] for i in accepted]
+            token = int(state.choose(logits[index], [path])) if state.processors else argmax[index]
+            child = plan.trie.child(node, token)
             if child is None:
-                break
+                return path + [token], accepted
             node, index = child, plan.trie_start + child
             accepted.append(index)
-        return [plan.tokens[i] for i in accepted] + [argmax[index]], accepted
 
     def verify_sampling(self, state: DecodeState, plan: StepPlan, logits: dict[int, torch.Tensor]) -> tuple[list[int], list[int]]:
         """The paper's sampling verification for one-hot drafts: keeps the model's distribution exactly.
@@ -237,7 +241,7 @@ class Lookahead(Decoder):
         """
         node, index, accepted = -1, 0, []
         while True:
-            probs = state.sampler.probabilities(logits[index])  # (V,)
+            probs = state.probabilities(logits[index], [[plan.tokens[i] for i in accepted]])  # (V,)
             moved = False
             for token, child in plan.trie.child_tokens(node):
                 u = torch.rand((), generator=state.sampler.generator, dtype=torch.float64).item()
@@ -284,11 +288,13 @@ class Lookahead(Decoder):
         start = state.kv.length
         rows = plan.output_rows()
         kept = state.forward(plan.tokens, tree_layout(plan.parents), logits_to_keep=rows)  # (K, V)
-        argmax = dict(zip(rows, kept.argmax(dim=-1).tolist()))  # token index -> the model's next token
+        logits = dict(zip(rows, kept))  # token index -> its logits (V,)
+        # token index -> the model's next token before any logits processor (what the window's guesses use)
+        argmax = dict(zip(rows, kept.float().argmax(dim=-1).tolist()))
         if state.sampler is None:
-            committed, accepted = self.verify_greedy(plan, argmax)
+            committed, accepted = self.verify_greedy(state, plan, logits, argmax)
         else:
-            committed, accepted = self.verify_sampling(state, plan, dict(zip(rows, kept)))
+            committed, accepted = self.verify_sampling(state, plan, logits)
         state.kv.keep_appended(start, [0] + accepted)  # the pending token and the accepted drafts
         self.advance_window(plan, argmax)
         if self.planner is not None:

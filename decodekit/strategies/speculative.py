@@ -88,10 +88,11 @@ class Speculative(Decoder):
         feed = state.tokens[self.draft_kv.length:]  # committed tokens the draft has not cached yet (pending at least)
         for _ in range(gamma):
             logits = self.draft_forward(state, feed)  # (V,)
+            path = [list(tokens)]  # the draft's prefix: committed tokens + its drafts so far (for logits processors)
             if state.sampler is None:
-                token = int(logits.argmax())
+                token = int(state.scores(logits, path).argmax())
             else:
-                q = state.sampler.probabilities(logits)  # (V,)
+                q = state.probabilities(logits, path)  # (V,)
                 token = int(draw(q, state.sampler.generator))
                 probs.append(q)
             tokens.append(token)
@@ -103,13 +104,14 @@ class Speculative(Decoder):
     def verify(self, state: DecodeState, proposal: Proposal, logits: torch.Tensor) -> list[int]:
         """Greedy: keep drafts while they match the target's argmax. Sampling: the rejection rule."""
         drafts = proposal.tokens
+        paths = state.chain(drafts)  # row i follows the first i drafts
         if state.sampler is None:
-            targets = logits.argmax(dim=-1).tolist()  # (G + 1,)
+            targets = state.choose(logits, paths).tolist()  # (G + 1,)
             n = 0
             while n < len(drafts) and drafts[n] == targets[n]:
                 n += 1
             return drafts[:n] + [targets[n]]
-        p = state.sampler.probabilities(logits)  # (G + 1, V)
+        p = state.probabilities(logits, paths)  # (G + 1, V)
         if not drafts:
             return [int(draw(p[0], state.sampler.generator))]
         n, token = self.acceptance_rule(torch.tensor(drafts), proposal.probs, p, state.sampler.generator)

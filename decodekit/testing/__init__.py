@@ -4,7 +4,7 @@ Plugin authors use these to prove their own strategies exact; decodekit's own su
 
 - tiny_model(arch, ...): a small random model of a real architecture (ARCHITECTURES).
 - decodekit.testing.strategies: Hypothesis strategies (tiny_model_configs, prompts, eos_choices,
-  generation_cases).
+  generation_settings, generation_cases).
 - assert_matches_greedy(strategy, **params): the property "output equals greedy", over drawn cases.
 - compare_with_greedy(model, input_ids, strategy, params): one case, with the first differing position.
 - The pytest plugin (decodekit.testing.pytest_plugin) exposes these as fixtures.

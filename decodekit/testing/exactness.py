@@ -67,8 +67,12 @@ class Comparison:
 
 def compare_with_greedy(model: Any, input_ids: torch.Tensor | Sequence[int], strategy: str,
                         params: Mapping[str, Any] | None = None, *, max_new_tokens: int = 16,
-                        eos_token_id: int | Iterable[int] | None = None, draft_model: Any = None) -> Comparison:
+                        eos_token_id: int | Iterable[int] | None = None, draft_model: Any = None,
+                        settings: Mapping[str, Any] | None = None) -> Comparison:
     """Decode one prompt with greedy and with `strategy` (same model, same stop rule) and compare them.
+
+    eos_token_id None: the model's generation config's eos; [] never stops. settings: generation
+    keywords (repetition_penalty=..., ...) given to both runs.
 
     draft_model is passed to the strategy only (for strategies that need one).
     """
@@ -77,7 +81,10 @@ def compare_with_greedy(model: Any, input_ids: torch.Tensor | Sequence[int], str
     params = dict(params or {})
     ids = torch.as_tensor(input_ids, dtype=torch.long)
     ids = ids[None] if ids.dim() == 1 else ids  # (1, T)
-    kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=eos_token_id)
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens)
+    if eos_token_id is not None:  # None: the model's own eos (generate() would read an explicit None as "no eos")
+        kwargs["eos_token_id"] = eos_token_id
+    kwargs.update(settings or {})
     greedy = decodekit.generate(model, ids, "greedy", **kwargs)
     extra = {"draft_model": draft_model} if draft_model is not None else {}
     output = decodekit.generate(model, ids, strategy, **kwargs, **extra, **params)
@@ -104,7 +111,7 @@ def check_case(strategy: str, params: Mapping[str, Any], case: GenerationCase) -
         eos = eos.resolve(free.greedy)
         eos = [] if eos is None else eos
     return compare_with_greedy(model, case.prompt, strategy, params, max_new_tokens=case.max_new_tokens,
-                               eos_token_id=eos, draft_model=draft_model)
+                               eos_token_id=eos, draft_model=draft_model, settings=case.settings)
 
 
 def assert_matches_greedy(strategy: str, /, *, cases: Any = None, hypothesis_settings: Any = None,
@@ -135,8 +142,10 @@ def assert_matches_greedy(strategy: str, /, *, cases: Any = None, hypothesis_set
             uses_draft = registry.get(strategy).capabilities.needs_draft_model
             draft = f"; draft model: {case.draft or case.model}" if uses_draft else ""
             eos = f"{case.eos!r}" + (f" = {comparison.eos_token_id!r}" if isinstance(case.eos, FromOutput) else "")
+            settings = f"; settings: {dict(case.settings)}" if case.settings else ""
             raise AssertionError(f"{comparison.describe()}\n  model: {case.model}{draft}; prompt ({len(case.prompt)} "
-                                 f"tokens): {list(case.prompt)}; eos: {eos}; max_new_tokens: {case.max_new_tokens}")
+                                 f"tokens): {list(case.prompt)}; eos: {eos}; max_new_tokens: {case.max_new_tokens}"
+                                 f"{settings}")
 
     if hypothesis_settings is not None:
         matches_greedy = hypothesis_settings(matches_greedy)

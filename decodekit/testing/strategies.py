@@ -14,7 +14,7 @@ tokens the model really emits, so stops land in the middle of a multi-token step
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import attrs
 from hypothesis import strategies as st
@@ -70,6 +70,9 @@ class GenerationCase:
     # The draft model, for strategies whose capabilities say needs_draft_model: the target itself
     # (every draft accepted) or another tiny model with the same vocabulary (many rejected).
     draft: TinyModelConfig | None = None
+    # generation settings (GenerationConfig keywords: repetition_penalty=..., no_repeat_ngram_size=...),
+    # given to both runs; logits processors then apply at every position a strategy verifies
+    settings: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
 
 
 def tiny_model_configs(architectures: Sequence[str] = ARCHITECTURES, seeds: Sequence[int] = (0, 1),
@@ -126,6 +129,35 @@ def eos_choices(vocab_size: int = VOCAB_SIZE) -> st.SearchStrategy[Any]:
     )
 
 
+@st.composite
+def generation_settings(draw: st.DrawFn, vocab_size: int = SMALL_VOCAB_SIZE) -> dict[str, Any]:
+    """Generation settings whose logits processors depend on each position's prefix (or length).
+
+    Some of: min_new_tokens, repetition_penalty, no_repeat_ngram_size, bad_words_ids, suppress_tokens,
+    begin_suppress_tokens, sequence_bias (token ids from [3, vocab_size)); often none. A strategy that
+    verifies with `state.choose(logits, paths)` (or `state.scores`) honours them exactly; one that
+    takes the raw argmax does not, and fails.
+    """
+    token = st.integers(3, vocab_size - 1)
+    out: dict[str, Any] = {}
+    if draw(st.booleans()):
+        out["min_new_tokens"] = draw(st.integers(0, 12))
+    if draw(st.booleans()):
+        out["repetition_penalty"] = draw(st.sampled_from([0.8, 1.3, 2.0]))
+    if draw(st.booleans()):
+        out["no_repeat_ngram_size"] = draw(st.integers(2, 4))
+    if draw(st.integers(0, 3)) == 0:
+        out["bad_words_ids"] = draw(st.lists(st.lists(token, min_size=1, max_size=2), min_size=1, max_size=3))
+    if draw(st.integers(0, 3)) == 0:
+        out["suppress_tokens"] = draw(st.lists(token, min_size=1, max_size=2, unique=True))
+    if draw(st.integers(0, 3)) == 0:
+        out["begin_suppress_tokens"] = draw(st.lists(token, min_size=1, max_size=2, unique=True))
+    if draw(st.integers(0, 3)) == 0:
+        out["sequence_bias"] = {(draw(token),): draw(st.sampled_from([-3.0, 2.0])),
+                                (draw(token), draw(token)): draw(st.sampled_from([-5.0, 4.0]))}
+    return out
+
+
 # mostly long enough for several multi-token steps, sometimes so short that the first step is cut
 _MAX_NEW_TOKENS = st.one_of(st.integers(12, 32), st.integers(1, 4))
 
@@ -134,11 +166,12 @@ _MAX_NEW_TOKENS = st.one_of(st.integers(12, 32), st.integers(1, 4))
 def generation_cases(draw: st.DrawFn, models: st.SearchStrategy[TinyModelConfig] | None = None,
                      prompt: st.SearchStrategy[list[int]] | None = None,
                      eos: st.SearchStrategy[Any] | None = None,
-                     max_new_tokens: st.SearchStrategy[int] | None = None) -> GenerationCase:
+                     max_new_tokens: st.SearchStrategy[int] | None = None,
+                     settings: st.SearchStrategy[dict[str, Any]] | None = None) -> GenerationCase:
     """Whole cases: a tiny model, a prompt in its vocabulary, an eos choice and max_new_tokens (1 to 32).
 
     Each keyword replaces the default strategy for that part (prompt and eos default to the drawn
-    model's vocabulary). The case also carries a draft model config (the target itself, or a tiny
+    model's vocabulary; settings to none: pass `generation_settings()` to draw logits processors). The case also carries a draft model config (the target itself, or a tiny
     model of the same architecture and vocabulary with another seed), used only by strategies that
     need a draft model.
     """
@@ -150,4 +183,5 @@ def generation_cases(draw: st.DrawFn, models: st.SearchStrategy[TinyModelConfig]
         prompt=tuple(draw(prompt if prompt is not None else prompts(model.vocab_size))),
         eos=draw(eos if eos is not None else eos_choices(model.vocab_size)),
         max_new_tokens=draw(max_new_tokens if max_new_tokens is not None else _MAX_NEW_TOKENS),
+        settings=draw(settings) if settings is not None else {},
     )

@@ -64,3 +64,24 @@ class WrongKV(_Drafting):
         else:
             state.kv.rollback(start + accepted + 1)
         return [*draft[:accepted], int(choices[accepted])]
+
+
+class RawArgmax(_Drafting):
+    """BROKEN under logits processors: verifies with the raw argmax instead of state.choose(logits, paths).
+
+    Without generation settings it is right; with a repetition penalty, no_repeat_ngram_size, ... its
+    choices ignore the processors model.generate applies.
+    """
+
+    name = "broken-raw-argmax"
+    description = "BROKEN: verifies with the raw argmax, ignoring logits processors"
+
+    def step(self, state):
+        draft = lookup_draft(state.tokens, min(3, state.remaining - 1)) if state.remaining > 1 else []
+        start = state.kv.length
+        choices = state.forward([state.pending, *draft]).argmax(dim=-1)  # (T,): the bug, no processors
+        accepted = 0
+        while accepted < len(draft) and draft[accepted] == int(choices[accepted]):
+            accepted += 1
+        state.kv.rollback(start + accepted + 1)
+        return [*draft[:accepted], int(choices[accepted])]

@@ -1,6 +1,6 @@
 import pytest
 
-from broken_strategies import OneTooMany, WrongKV
+from broken_strategies import OneTooMany, RawArgmax, WrongKV
 
 
 @pytest.fixture
@@ -8,7 +8,8 @@ def broken(decodekit_register):
     """Register both broken strategies for one test; returns their names."""
     decodekit_register(OneTooMany)
     decodekit_register(WrongKV)
-    return {"one-too-many": OneTooMany.name, "wrong-kv": WrongKV.name}
+    decodekit_register(RawArgmax)
+    return {"one-too-many": OneTooMany.name, "wrong-kv": WrongKV.name, "raw-argmax": RawArgmax.name}
 
 
 @pytest.fixture

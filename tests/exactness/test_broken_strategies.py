@@ -29,6 +29,15 @@ def test_the_property_check_fails_on_a_broken_strategy_and_says_where(broken, wh
     assert greedy_token != strategy_token
 
 
+def test_drawn_generation_settings_catch_a_strategy_that_ignores_logits_processors(broken):
+    from decodekit.testing.strategies import generation_cases, generation_settings
+
+    with pytest.raises(AssertionError) as info:
+        assert_matches_greedy(broken["raw-argmax"], cases=generation_cases(settings=generation_settings()))
+    message = str(info.value)
+    assert FIRST_DIFFERENCE.search(message) and "settings: {" in message, message
+
+
 def test_one_too_many_is_wrong_exactly_at_the_first_rejected_draft(broken):
     model = tiny_model("llama")
     result = compare_with_greedy(model, [3], broken["one-too-many"], max_new_tokens=3, eos_token_id=None)

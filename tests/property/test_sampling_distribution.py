@@ -12,6 +12,9 @@ the seeds were not chosen by looking at p-values. Four new tokens mean that spec
 propose two draft tokens after the prefill's token, so acceptance chains, rejections in the middle
 of a chain, residual draws and bonus tokens all occur. A deliberately wrong acceptance rule
 (resampling from p instead of the residual after a rejection) must fail the same test: the test of the test.
+The `-penalty` cases add repetition_penalty: the exact probabilities then apply HF's own
+RepetitionPenaltyLogitsProcessor to each prefix (prompt + the new tokens before it) before
+temperature / top-k / top-p, as model.generate does.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import itertools
 
 import pytest
 import torch
+
+from transformers import RepetitionPenaltyLogitsProcessor
 
 import decodekit
 from decodekit.core import loop
@@ -45,14 +50,17 @@ def other_draft():
     return tiny_model("gpt2", seed=6, vocab_size=V, hidden=16, layers=1, init=0.5)
 
 
-def exact_distribution(model, config: SamplingConfig, prompt: list[int] = PROMPT) -> torch.Tensor:
+def exact_distribution(model, config: SamplingConfig, prompt: list[int] = PROMPT,
+                       repetition_penalty: float | None = None) -> torch.Tensor:
     """P(x_1 .. x_L | prompt) for every sequence, indexed by its base-V number: (V**L,)."""
     joint = torch.ones(1, dtype=torch.float64)  # (V**d,) over prefixes of length d
     for d in range(L):
         prefixes = torch.tensor(list(itertools.product(range(V), repeat=d)), dtype=torch.long).reshape(V ** d, d)
         ids = torch.cat([torch.tensor(prompt).expand(V ** d, len(prompt)), prefixes], dim=1)  # (V**d, P + d)
         with torch.inference_mode():
-            logits = model(ids, attention_mask=torch.ones_like(ids)).logits[:, -1]  # (V**d, V)
+            logits = model(ids, attention_mask=torch.ones_like(ids)).logits[:, -1].float()  # (V**d, V)
+        if repetition_penalty is not None:
+            logits = RepetitionPenaltyLogitsProcessor(repetition_penalty)(ids, logits)  # (V**d, V)
         step = probabilities(logits, config).double()  # (V**d, V)
         joint = (joint[:, None] * step).reshape(-1)  # (V**(d+1),)
     return joint
@@ -103,6 +111,12 @@ CASES = {
     # verification accepts and rejects real drafts from the first steps on
     "lookahead": ("lookahead", PLAIN, {"W": 2, "N": 3, "G": 3, "prompt": LOOKAHEAD_PROMPT}),
     "lookahead-filtered": ("lookahead", FILTERED, {"W": 1, "N": 2, "G": 4, "prompt": LOOKAHEAD_PROMPT}),
+    # logits processors at every verified position, each with its own prefix, under sampling (a chain
+    # verified by the rejection rule, and a tree; the property tests cover every strategy's greedy paths)
+    "speculative-penalty-filtered": ("speculative", FILTERED, {"gamma": 2, "draft_model": "other",
+                                                               "repetition_penalty": 1.5}),
+    "lookahead-penalty": ("lookahead", PLAIN, {"W": 2, "N": 3, "G": 3, "prompt": LOOKAHEAD_PROMPT,
+                                               "repetition_penalty": 1.5}),
 }
 
 
@@ -119,7 +133,7 @@ def test_samples_follow_the_models_distribution(case):
     strategy, config, kw = CASES[case]
     kw = dict(kw)
     prompt = kw.pop("prompt", PROMPT)
-    probs = exact_distribution(target(), config, prompt)
+    probs = exact_distribution(target(), config, prompt, kw.get("repetition_penalty"))
     assert abs(float(probs.sum()) - 1) < 1e-5  # float32 filter probabilities
     p_value = chi_square_p_value(sample(strategy, 1234, config, prompt, **resolve_draft(kw)), probs, len(prompt))
     print(f"{case}: chi-square p = {p_value:.3g}")

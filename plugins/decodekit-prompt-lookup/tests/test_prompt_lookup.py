@@ -30,6 +30,13 @@ def test_output_equals_greedy(assert_matches_greedy, params):
     assert_matches_greedy("prompt-lookup", **params)
 
 
+def test_output_equals_greedy_under_logits_processors(assert_matches_greedy):
+    # repetition penalty, no_repeat_ngram_size, ...: each verified row is processed with its own prefix
+    from decodekit.testing.strategies import generation_cases, generation_settings
+
+    assert_matches_greedy("prompt-lookup", cases=generation_cases(settings=generation_settings()), min_ngram=1)
+
+
 # -- the lookup itself ------------------------------------------------------------------------------
 
 def test_the_longest_ngram_wins_over_a_more_recent_shorter_one():

@@ -9,7 +9,7 @@ the argmax of the logits that greedy decoding would compute, given the same comm
 
 Only decodekit's public interface is used: decodekit.Decoder, decodekit.Capabilities,
 decodekit.param, decodekit.StepPlanner and decodekit.Draft, and the DecodeState handed to step()
-(forward, forward_cost, choose, kv.length, kv.rollback, tokens, pending, remaining).
+(forward, forward_cost, choose, chain, kv.length, kv.rollback, tokens, pending, remaining).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class PromptLookup(decodekit.Decoder):
         Row i of logits follows [pending, draft[0..i-1]], so choice i is what greedy decoding would
         emit there; draft[i] is accepted while it equals choice i.
         """
-        choices = state.choose(logits)  # (T,) T = 1 + len(draft)
+        choices = state.choose(logits, state.chain(draft))  # (T,) T = 1 + len(draft); row i follows draft[:i]
         agree = torch.as_tensor(draft, dtype=torch.long) == choices[: len(draft)]  # (T - 1,)
         accepted = int(agree.long().cumprod(dim=0).sum())  # length of the all-true prefix
         return accepted, int(choices[accepted])
