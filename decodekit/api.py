@@ -9,7 +9,8 @@ from typing import Any, Callable, Mapping
 import attrs
 import torch
 
-from decodekit.core import hf_generation, loop
+from decodekit.core import loop
+from decodekit.core.backend import generation as hf_generation
 from decodekit.core.backend import HFBackend
 from decodekit.core.decoder import DecodeState
 from decodekit.core.kvcache import KVCacheManager

@@ -1,4 +1,7 @@
-"""The model backend: the only module that imports transformers or knows its objects' insides.
+"""The model backend: the only code that imports transformers or knows its objects' insides.
+
+A package of two modules: this one drives the model (forward, cache, loading), and `generation`
+resolves model.generate's settings (generation config, logits processors, stopping criteria).
 
 It drives a HuggingFace causal LM through its public forward (input_ids, position_ids, a 4-D
 additive attention mask, the cache) and reads logits, and it is where models are loaded or built

@@ -1,7 +1,7 @@
 """The HuggingFace generation adapter: a `model.generate`-style call resolved into decodekit's settings.
 
-With core/backend.py, this is the only module that imports transformers (tests/unit/test_layout.py
-holds both to that). It turns HF's generation arguments into plain data the one decode loop uses:
+It is part of the backend package (decodekit.core.backend), the only code that imports transformers
+(tests/unit/test_layout.py holds the package to that). It turns HF's generation arguments into plain data the one decode loop uses:
 
 - the generation config, resolved exactly as `model.generate` resolves it (the call's keywords over
   `generation_config=` over `model.generation_config` over HF's global defaults; eos, pad,
