@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 import decodekit
 from decodekit.core.costmodel import CostModel
 from decodekit.testing import strategies as dks
-from decodekit.testing.exactness import first_difference
+from decodekit.testing.exactness import check_case
+from decodekit.testing.strategies import GenerationCase
 
 EXAMPLES = 300 if settings.get_current_profile_name() == "ci" else 40
 
@@ -64,18 +65,10 @@ def cases(draw):
 @settings(max_examples=EXAMPLES, suppress_health_check=[HealthCheck.too_slow])
 @given(case=cases())
 def test_planned_steps_equal_greedy(case):
-    model = case["config"].build()
-    ids = torch.tensor([case["prompt"]])
-    eos = case["eos"]
-    if isinstance(eos, dks.FromOutput):
-        free = decodekit.generate(model, ids, max_new_tokens=case["max_new_tokens"], eos_token_id=[])
-        eos = eos.resolve(free.sequences[0, ids.shape[1]:].tolist())
-    greedy = decodekit.generate(model, ids, max_new_tokens=case["max_new_tokens"], eos_token_id=eos)
-    out = decodekit.generate(model, ids, case["strategy"], max_new_tokens=case["max_new_tokens"], eos_token_id=eos,
-                             cost_model=case["cost"], **case["params"])
-    want, got = greedy.sequences[0].tolist(), out.sequences[0].tolist()
-    assert got == want, (f"{case['strategy']} {case['params']} planned with {case['cost']!r} differs from greedy at "
-                         f"position {first_difference(got, want)} on {case['config']}, eos={eos}")
+    drawn = GenerationCase(model=case["config"], prompt=tuple(case["prompt"]), eos=case["eos"],
+                           max_new_tokens=case["max_new_tokens"])
+    comparison = check_case(case["strategy"], {**case["params"], "cost_model": case["cost"]}, drawn)
+    assert comparison.identical, f"{comparison.describe()} on {case['config']}"
 
 
 def _run(model, ids, cost, **params):
