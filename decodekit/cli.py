@@ -1,4 +1,4 @@
-"""The command line: `decodekit generate | strategies | bench | verify`.
+"""The command line: `decodekit generate | strategies | bench | verify | calibrate`.
 
 Start-up imports nothing heavy (decodekit's package loads its names lazily), and `main` wraps the
 whole run, argument parsing and imports included, so that Ctrl-C at any moment ends with one line
