@@ -25,9 +25,11 @@ _EXPORTS = {
     "GenerationStats": "decodekit.core.types",
     "InputError": "decodekit.errors",
     "ModelNotSupportedError": "decodekit.errors",
+    "Proposal": "decodekit.core.decoder",
     "StepPlanner": "decodekit.core.planner",
     "StrategyParameterError": "decodekit.errors",
     "UnknownStrategyError": "decodekit.errors",
+    "Verdict": "decodekit.core.decoder",
     "generate": "decodekit.api",
     "hf_generate": "decodekit.api",
     "hookimpl": "decodekit.plugins.hookspecs",
@@ -41,7 +43,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from decodekit import models
     from decodekit.api import generate, hf_generate, list_strategies
-    from decodekit.core.decoder import DecodeState, Decoder
+    from decodekit.core.decoder import DecodeState, Decoder, Proposal, Verdict
     from decodekit.core.params import param
     from decodekit.core.planner import AcceptanceModel, Draft, Extra, StepPlanner
     from decodekit.core.types import Capabilities, GenerationOutput, GenerationStats

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import time
 from typing import Any, Callable, Mapping
 
 import attrs
@@ -13,7 +14,8 @@ from decodekit.core import loop
 from decodekit.core.backend import generation as hf_generation
 from decodekit.core.backend import HFBackend
 from decodekit.core.decoder import DecodeState
-from decodekit.core.kvcache import KVCacheManager
+from decodekit.core.costmodel import PackedCost
+from decodekit.core.kvcache import KVCacheManager, RowsCache
 from decodekit.core.registry import StrategyInfo
 from decodekit.core.sampling import Sampler
 from decodekit.core.types import GenerationOutput, GenerationStats
@@ -79,15 +81,34 @@ def _check_callbacks(on_step: Any, streamer: Any, batch: int) -> None:
             raise InputError(f"streamer= streams one sequence: input_ids must have batch size 1, got {batch}")
 
 
-def _check_attention_mask(attention_mask: Any, ids: torch.Tensor) -> None:
-    """Only an all-ones mask (no padding) is accepted: decodekit decodes unpadded rows."""
+def prompt_rows(ids: torch.Tensor, attention_mask: Any) -> list[list[int]]:
+    """Each row's prompt tokens: the row as given, less its left padding (attention_mask 0 at the left).
+
+    A batch is padded as model.generate expects for a decoder-only model: on the left. Right padding,
+    a hole inside a row, or a row with no token at all is refused with what was found.
+    """
     if attention_mask is None:
-        return
+        return ids.tolist()
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.is_meta \
-            or tuple(attention_mask.shape) != tuple(ids.shape) or not bool((attention_mask == 1).all()):
-        raise InputError(f"attention_mask must be None or all ones with input_ids' shape {tuple(ids.shape)} "
-                         f"(decodekit decodes unpadded rows), got "
-                         f"{type(attention_mask).__name__} {getattr(attention_mask, 'shape', '')}")
+            or tuple(attention_mask.shape) != tuple(ids.shape):
+        raise InputError(f"attention_mask must be None or a tensor of input_ids' shape {tuple(ids.shape)} holding "
+                         f"0 (padding) and 1 (token), got {type(attention_mask).__name__} "
+                         f"{tuple(getattr(attention_mask, 'shape', ()))}")
+    mask = attention_mask.cpu()
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise InputError(f"attention_mask must hold only 0 (padding) and 1 (token), got values "
+                         f"{sorted(set(mask.flatten().tolist()) - {0, 1})[:5]}")
+    rows = []
+    for b, (row, keep) in enumerate(zip(ids.tolist(), mask.long().tolist())):
+        first = keep.index(1) if 1 in keep else None
+        if first is None:
+            raise InputError(f"attention_mask row {b} is all zeros: every row needs at least one token")
+        if 0 in keep[first:]:
+            raise InputError(f"attention_mask row {b} has padding after a token ({keep}): decodekit, like "
+                             f"model.generate for decoder-only models, takes left padding; pad on the left "
+                             f"(tokenizer.padding_side = 'left')")
+        rows.append(row[first:])
+    return rows
 
 
 def _make_sampler(settings: hf_generation.GenerationSettings, info: StrategyInfo, generator: Any) -> Sampler | None:
@@ -157,7 +178,10 @@ def generate(
     cost_model: what a forward costs, for strategies that plan their steps (lookahead without W/N/G, the
     prompt-lookup plugin); default: measured for this model on this machine on first use
     (decodekit.core.costmodel), then cached on disk and refined as the decode runs.
-    Rows of a batch are decoded one after another and padded, like model.generate, with the pad id.
+    A batch may be left-padded, as model.generate takes it: pass its `attention_mask` (0 over the padding).
+    Every row goes through one forward per step (rows that stop leave it); the sequences are laid out like
+    model.generate's: each row as given, its new tokens, then the pad id where a row stopped early.
+    Row b of a batch samples from its own stream, seeded from `generator`.
     Every argument is checked before any forward pass.
     """
     registry = get_registry()
@@ -166,7 +190,7 @@ def generate(
     strategy_params = registry.make_params(strategy, params)
     backend = HFBackend.for_model(model)
     ids = _check_input_ids(input_ids, backend.vocab_size)
-    _check_attention_mask(attention_mask, input_ids)
+    prompts = prompt_rows(ids, attention_mask)
     _check_callbacks(on_step, streamer, int(ids.shape[0]))
     settings = hf_generation.resolve(model, ids, backend.vocab_size, generation_config, settings_kwargs,
                                      logits_processor=logits_processor, stopping_criteria=stopping_criteria,
@@ -174,30 +198,42 @@ def generate(
     if cost_model is not None and not callable(getattr(cost_model, "seconds", None)):
         raise InputError(f"cost_model must have seconds(tokens, cached) (a decodekit.core.costmodel.CostModel), "
                          f"got {type(cost_model).__name__}")
-    return _decode_rows(backend, ids, info, strategy_params, settings, draft_model=draft_model, generator=generator,
-                        on_step=on_step, streamer=streamer, device=input_ids.device, cost_model=cost_model)
+    return _decode_rows(backend, ids, prompts, info, strategy_params, settings, draft_model=draft_model,
+                        generator=generator, on_step=on_step, streamer=streamer, device=input_ids.device,
+                        cost_model=cost_model)
 
 
-def _decode_rows(backend: HFBackend, ids: torch.Tensor, info: StrategyInfo, strategy_params: Any,
-                 settings: hf_generation.GenerationSettings, *, draft_model: Any, generator: Any,
-                 on_step: Callable[[list[int]], None] | None, streamer: Any, device: torch.device,
+def _row_samplers(sampler: Sampler | None, rows: int) -> list[Sampler | None]:
+    """One sampling stream per row: the call's generator for one row; for a batch, a generator per row
+    seeded from it (row b's draws do not depend on how many tokens the other rows drew)."""
+    if sampler is None or rows == 1:
+        return [sampler] * rows
+    seeds = torch.randint(0, 2**62, (rows,), generator=sampler.generator).tolist()  # (B,)
+    return [attrs.evolve(sampler, generator=torch.Generator().manual_seed(seed)) for seed in seeds]
+
+
+def _decode_rows(backend: HFBackend, ids: torch.Tensor, prompts: list[list[int]], info: StrategyInfo,
+                 strategy_params: Any, settings: hf_generation.GenerationSettings, *, draft_model: Any,
+                 generator: Any, on_step: Callable[[list[int]], None] | None, streamer: Any, device: torch.device,
                  cost_model: Any = None) -> GenerationOutput:
-    """Decode every row of `ids` (B, L) with resolved settings; checks what is left before the first forward."""
-    prompt_length = int(ids.shape[1])
-    backend.check_length(prompt_length + settings.max_new_tokens,
-                         f"prompt length {prompt_length} + max_new_tokens {settings.max_new_tokens}")
-    sampler = _make_sampler(settings, info, generator)
+    """Decode every row of `ids` (B, L) (its prompt `prompts[b]`, left padding removed) with resolved settings.
+
+    Checks what is left before the first forward. Strategies of the propose/verify contract decode every row
+    together, one forward per step; a strategy that runs its own `step` decodes the rows one after another.
+    """
+    longest = max(len(p) for p in prompts)
+    backend.check_length(longest + settings.max_new_tokens,
+                         f"prompt length {longest} + max_new_tokens {settings.max_new_tokens}")
+    samplers = _row_samplers(_make_sampler(settings, info, generator), len(prompts))
     draft = _draft_backend(info, draft_model, backend)
+    cost = PackedCost(target=backend.model, model=cost_model)
 
-    def decode(row: list[int], stop: bool, max_new_tokens: int, callback: Any) -> tuple[list[int], GenerationStats]:
-        state = DecodeState(backend=backend, kv=KVCacheManager(backend), tokens=list(row),
-                            prompt_length=len(row), max_new_tokens=max_new_tokens, eos_ids=settings.eos_ids,
-                            sampler=sampler, draft=draft, processors=settings.processors, processing_device=device,
-                            stop_checks=settings.stop_checks if stop else (), cost=cost_model)
-        return state.tokens, loop.run(info.cls(strategy_params), state, callback)
+    def state_for(b: int, kv: Any, stop: bool = True, max_new_tokens: int = settings.max_new_tokens) -> DecodeState:
+        return DecodeState(backend=backend, kv=kv, tokens=list(prompts[b]), prompt_length=len(prompts[b]),
+                           max_new_tokens=max_new_tokens, eos_ids=settings.eos_ids, sampler=samplers[b], draft=draft,
+                           processors=settings.processors, processing_device=device,
+                           stop_checks=settings.stop_checks if stop else (), cost=cost)
 
-    rows: list[list[int]] = []
-    stats: list[GenerationStats] = []
     callback = on_step
     if streamer is not None:
         streamer.put(ids.cpu())  # the prompt first, as model.generate does (TextStreamer's skip_prompt drops it)
@@ -207,26 +243,47 @@ def _decode_rows(backend: HFBackend, ids: torch.Tensor, info: StrategyInfo, stra
             if on_step is not None:
                 on_step(tokens)
 
+    began = time.perf_counter()
     try:
         with torch.inference_mode():
-            for row in ids.tolist():
-                tokens, row_stats = decode(row, True, settings.max_new_tokens, callback)
-                rows.append(tokens)
-                stats.append(row_stats)
-            width = max(len(r) for r in rows)
-            if not settings.pads_finished and len(ids) > 1:
-                # without an eos criterion model.generate pads nothing: a row stopped early (a stop string)
-                # goes on decoding until every row has stopped
-                for i, tokens in enumerate(rows):
-                    if len(tokens) < width:
-                        rows[i], stats[i] = decode(ids[i].tolist(), False, width - prompt_length, on_step)
+            if info.cls.batched():
+                rows = RowsCache(backend, lengths=[0] * len(prompts))
+                states = [state_for(b, rows.row(b)) for b in range(len(prompts))]
+                stats = loop.run([info.cls(strategy_params) for _ in prompts], states, rows, callback, cost,
+                                 pad_finished=settings.pads_finished)
+            else:
+                states, stats = _decode_one_by_one(state_for, backend, info, strategy_params, settings, len(prompts),
+                                                   callback)
     finally:
         if streamer is not None:
             streamer.end()
+    seconds = time.perf_counter() - began
+    new = [s.tokens[s.prompt_length:] for s in states]
+    width = max(len(n) for n in new)
     pad = settings.pad_id if settings.pad_id is not None else 0
-    sequences = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)  # (B, L)
+    sequences = torch.tensor([row + n + [pad] * (width - len(n)) for row, n in zip(ids.tolist(), new)],
+                             dtype=torch.long)  # (B, L + new): each prompt as given, its new tokens, the pad fill
     return GenerationOutput(sequences=sequences.to(device),
-                            stats=stats[0] if len(stats) == 1 else GenerationStats.merge(stats))
+                            stats=stats[0] if len(stats) == 1 else GenerationStats.merge(stats, seconds=seconds))
+
+
+def _decode_one_by_one(state_for: Callable[..., DecodeState], backend: HFBackend, info: StrategyInfo,
+                       strategy_params: Any,
+                       settings: hf_generation.GenerationSettings, count: int,
+                       callback: Callable[[list[int]], None] | None) -> tuple[list[DecodeState], list[GenerationStats]]:
+    """Rows one after another, each with its own cache (a strategy that runs its own forward in `step`)."""
+    def decode(b: int, stop: bool, max_new_tokens: int) -> tuple[DecodeState, GenerationStats]:
+        state = state_for(b, KVCacheManager(backend), stop, max_new_tokens)
+        return state, loop.run_one(info.cls(strategy_params), state, callback)
+
+    done = [decode(b, True, settings.max_new_tokens) for b in range(count)]
+    width = max(len(s.tokens) - s.prompt_length for s, _ in done)
+    if not settings.pads_finished and count > 1:
+        # without an eos criterion model.generate pads nothing: a row stopped early (a stop string)
+        # goes on decoding until every row has stopped
+        done = [(s, st) if len(s.tokens) - s.prompt_length == width else decode(b, False, width)
+                for b, (s, st) in enumerate(done)]
+    return [s for s, _ in done], [st for _, st in done]
 
 
 # model kwargs model.generate hands a custom_generate callable besides the inputs; all but these are refused
@@ -286,7 +343,7 @@ class HFGenerate:
         strategy_params = registry.make_params(strategy, params)
         backend = HFBackend.for_model(model)
         ids = _check_input_ids(input_ids, backend.vocab_size)
-        _check_attention_mask(rest.get("attention_mask"), input_ids)
+        prompts = prompt_rows(ids, rest.get("attention_mask"))
         for name in ("cache", "past_key_values"):
             cache = rest.get(name)
             if cache is not None and HFBackend.cache_length(cache) > 0:
@@ -298,7 +355,7 @@ class HFGenerate:
                              "generation_config; to call decodekit directly use decodekit.generate")
         settings = hf_generation.from_prepared(model, ids, backend.vocab_size, generation_config, logits_processor,
                                                stopping_criteria)
-        out = _decode_rows(backend, ids, info, strategy_params, settings, draft_model=draft_model,
+        out = _decode_rows(backend, ids, prompts, info, strategy_params, settings, draft_model=draft_model,
                            generator=generator, on_step=on_step, streamer=None, device=input_ids.device)
         if settings.return_dict_in_generate:
             return hf_generation.decoder_only_output(out.sequences)

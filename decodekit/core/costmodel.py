@@ -494,3 +494,34 @@ def calibrate(model: Any, **measure_kwargs: Any) -> tuple[CostModel, Path | None
     path = save(cost, key)
     _MEMO.setdefault(model, {})[cost_path(key).name] = cost
     return cost, path
+
+
+@attrs.define(eq=False)
+class PackedCost:
+    """The cost one row of a batch sees: its step is padded and packed with the other rows' into one forward.
+
+    When `rows` rows each put k tokens through, the forward computes rows * k tokens, so a row's
+    planner weighs k tokens at the cost of rows * k: drafts shrink as the batch grows. With one row it
+    is the model's own cost. `model` is resolved on first use (cost_model_for), so a strategy that never
+    plans never triggers a measurement; the loop refines it from the packed forwards' timings once resolved.
+    """
+
+    target: Any  # the HF model whose forward is costed
+    model: Any = None  # its CostModel, once resolved
+    rows: int = 1
+
+    def resolved(self) -> Any:
+        if self.model is None:
+            self.model = cost_model_for(self.target)
+        return self.model
+
+    def seconds(self, tokens: int, cached: int) -> float:
+        return self.resolved().seconds(self.rows * tokens, cached)
+
+    def relative(self, tokens: int, cached: int) -> float:
+        return self.resolved().relative(self.rows * tokens, cached)
+
+    def observe(self, tokens: int, cached: int, seconds: float) -> None:
+        """A packed forward of `tokens` tokens in all (every row's, padding included) took `seconds`."""
+        if self.model is not None and hasattr(self.model, "observe"):
+            self.model.observe(tokens, cached, seconds)

@@ -11,7 +11,7 @@ import torch
 
 from decodekit.core.backend import HFBackend
 from decodekit.core.kvcache import KVCacheManager
-from decodekit.core.masks import StepLayout, additive_mask, position_ids
+from decodekit.core.masks import StepLayout, additive_mask, causal_layout, position_ids
 from decodekit.core.types import Capabilities
 
 
@@ -143,11 +143,55 @@ class DecodeState:
         return self.sampler.probabilities(self.scores(logits, paths))  # (T, V) or (V,)
 
 
+@attrs.define(eq=False)
+class Proposal:
+    """What one row puts through the model in a step: the loop packs every row's proposal into one forward.
+
+    tokens: [pending, *drafted]: the pending token first (its keys and values are computed now).
+    layout: who sees whom among them and where each sits (decodekit.core.masks: tree_layout, ...);
+    None for a chain (token i sees tokens 0..i and sits at offset i).
+    outputs: indices of the tokens whose logits `verify` needs, in that order; None for every token.
+    plan: anything the strategy wants handed back to `verify` with the logits (its record of the step).
+    """
+
+    tokens: list[int]
+    layout: StepLayout | None = None
+    outputs: Sequence[int] | None = None
+    plan: Any = None
+
+    def step_layout(self) -> StepLayout:
+        """The layout, a chain when none was given."""
+        return self.layout if self.layout is not None else causal_layout(len(self.tokens))
+
+
+@attrs.frozen(kw_only=True)
+class Verdict:
+    """What `verify` decided: the committed tokens, and which proposed tokens' keys and values stay cached.
+
+    keep: strictly increasing indices into the proposal's tokens, one per committed token, the pending
+    token's 0 first (the cache then holds every committed token but the new last one). None: the first
+    len(tokens) proposal tokens (a chain's accepted prefix).
+    """
+
+    tokens: list[int]
+    keep: Sequence[int] | None = None
+
+    def kept(self) -> list[int]:
+        return list(range(len(self.tokens))) if self.keep is None else list(self.keep)
+
+
 class Decoder(abc.ABC):
     """A decoding strategy: decides what goes through the model in one forward and what is kept.
 
     Subclasses set `name`, `capabilities` and `Params` (a frozen attrs class of validated
-    parameters) and implement `step`. A fresh instance is built for every generate() call.
+    parameters) and implement `propose` and `verify`: each step the loop asks every active row's
+    strategy what it puts through the model (`propose`), packs every row into one forward of the
+    target model, and hands each row its logits (`verify`), which returns the committed tokens and the
+    positions whose keys and values stay cached. The strategy holds no forward call of the target.
+    A fresh instance is built for every row of every generate() call.
+
+    Strategies written before batching override `step` instead (one row, its own forward); they keep
+    working, their rows decoded one after another. docs/writing-plugins.md shows the move.
     """
 
     name: ClassVar[str]
@@ -165,11 +209,35 @@ class Decoder(abc.ABC):
         """Figures of this decode for GenerationStats.details (e.g. how often a window ran); none by default."""
         return {}
 
-    @abc.abstractmethod
+    def propose(self, state: DecodeState) -> Proposal:
+        """What this row puts through the model this step: its pending token and any drafts, and their tree."""
+        raise NotImplementedError(f"strategy {self.name!r} implements neither propose/verify nor step")
+
+    def verify(self, state: DecodeState, proposal: Proposal, logits: torch.Tensor) -> Verdict:
+        """Given the logits (K, V) of `proposal.outputs` (or of every proposed token), what this row commits.
+
+        Returns the committed tokens (at least one), in order, and which proposed tokens' keys and values
+        stay cached; the loop cuts the tokens at eos, a stop string or max_new_tokens.
+        """
+        raise NotImplementedError(f"strategy {self.name!r} implements neither propose/verify nor step")
+
+    @classmethod
+    def batched(cls) -> bool:
+        """Whether the loop drives this strategy (propose/verify, rows packed together) rather than its own `step`."""
+        return cls.step is Decoder.step
+
     def step(self, state: DecodeState) -> Sequence[int]:
-        """One decoding step: propose, forward once, verify, commit.
+        """The pre-batching contract, one row at a time: propose, forward once, verify, commit.
 
         Returns the tokens committed by this step (at least one), in order. On return `state.kv`
         must hold every committed token but the last, the step's tokens included; the loop appends
-        the tokens to `state.tokens` and cuts them at eos or max_new_tokens.
+        the tokens to `state.tokens` and cuts them at eos or max_new_tokens. A strategy that overrides
+        this is run row by row; the default runs its propose/verify on one row.
         """
+        proposal = self.propose(state)
+        start = state.kv.length
+        logits = state.forward(proposal.tokens, proposal.layout,
+                               logits_to_keep=0 if proposal.outputs is None else list(proposal.outputs))  # (K, V)
+        verdict = self.verify(state, proposal, logits)
+        state.kv.keep_appended(start, verdict.kept())
+        return verdict.tokens

@@ -1,21 +1,31 @@
-"""The one decode loop: prefill, then strategy steps until a stop condition; statistics live here."""
+"""The one decode loop: prefill, then steps until every row stops; stopping and statistics live here.
+
+The loop owns the target model's forward. Each step every active row's strategy proposes what it puts
+through the model (`Decoder.propose`); the loop packs every row into one forward of shape (B, T), with
+per-row masks and positions over the rows' shared cache, hands each row its logits (`Decoder.verify`),
+keeps the positions each row's verdict keeps, cuts the committed tokens at the first stop and commits
+them. Rows that stop leave the forward.
+
+A strategy written before batching (it overrides `Decoder.step`, running its own forward) is driven by
+`run_one` instead, one row at a time, with the same prefill, stopping and statistics.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Callable, Sequence
 
-from decodekit.core.decoder import Decoder, DecodeState
+import torch
+
+from decodekit.core.decoder import Decoder, DecodeState, Proposal, Verdict
+from decodekit.core.kvcache import RowsCache
+from decodekit.core.masks import packed_mask, packed_positions
 from decodekit.core.types import GenerationStats
 
 StepCallback = Callable[[list[int]], None]
 
 
-def prefill(state: DecodeState) -> int:
-    """Cache the whole prompt in one forward and choose the first new token from its last logits."""
-    logits = state.forward(state.tokens, layout=None, logits_to_keep=1)  # (1, V)
-    return int(state.choose(logits[-1]))
-
+# -- phases shared by both drivers --------------------------------------------------------------------
 
 def cut_at_stop(state: DecodeState, proposed: Sequence[int]) -> tuple[list[int], bool]:
     """Keep a step's tokens up to the first that ends the sequence (inclusive) and within max_new_tokens.
@@ -41,12 +51,193 @@ def commit(state: DecodeState, tokens: list[int], histogram: dict[int, int], on_
         on_step(tokens)
 
 
-def run(decoder: Decoder, state: DecodeState, on_step: StepCallback | None = None) -> GenerationStats:
-    """Decode one sequence with `decoder`; `state.tokens` ends as prompt + generated tokens."""
+def row_stats(state: DecodeState, decoder: Decoder | None, histogram: dict[int, int], seconds: float,
+              cut: int) -> GenerationStats:
+    return GenerationStats(steps=state.forwards, new_tokens=len(state.tokens) - state.prompt_length,
+                           accepted_histogram=histogram, seconds=seconds, tokens_computed=state.tokens_computed,
+                           cut_tokens=cut, details=decoder.report() if decoder is not None else {})
+
+
+def check_verdict(decoder: Decoder, proposal: Proposal, verdict: Verdict) -> list[int]:
+    """The verdict's kept offsets, after checking that they keep exactly the committed tokens but the last."""
+    keep = verdict.kept()
+    if not verdict.tokens:
+        raise RuntimeError(f"strategy {decoder.name!r} committed no token in a step")
+    if len(keep) != len(verdict.tokens) or keep[0] != 0 or keep[-1] >= len(proposal.tokens) \
+            or any(b <= a for a, b in zip(keep, keep[1:])):
+        raise RuntimeError(
+            f"strategy {decoder.name!r} broke the cache invariant: {len(verdict.tokens)} tokens committed, "
+            f"keeping proposed positions {keep} of {len(proposal.tokens)} (one per committed token, 0 first, increasing)")
+    return keep
+
+
+# -- the packed forward -----------------------------------------------------------------------------
+
+def _wanted(proposal: Proposal) -> list[int]:
+    return list(range(len(proposal.tokens))) if proposal.outputs is None else list(proposal.outputs)
+
+
+def forward_packed(states: Sequence[DecodeState], rows: RowsCache, proposals: Sequence[Proposal],
+                   cost: object | None, step: bool = True) -> list[torch.Tensor]:
+    """One forward of every row's proposal; returns each row's logits (K_b, V) for the tokens it asked for.
+
+    One row whose proposal is a chain runs with no mask (the model's own causal mask, as model.generate
+    runs); otherwise the mask builder gives each row its tree over its own cached positions.
+    """
+    backend = states[0].backend
+    cached, lengths = rows.width, list(rows.lengths)
+    size = max(len(p.tokens) for p in proposals)
+    ids = torch.tensor([p.tokens + [p.tokens[0]] * (size - len(p.tokens)) for p in proposals])  # (B, T)
+    layouts = [p.step_layout() for p in proposals]
+    positions = packed_positions(layouts, lengths)  # (B, T)
+    mask = None
+    if len(proposals) > 1 or proposals[0].layout is not None:
+        mask = packed_mask(layouts, lengths, cached, backend.dtype, backend.device)  # (B, 1, T, S + T)
+    wanted = [_wanted(p) for p in proposals]
+    union = sorted(set().union(*wanted))
+    # the lm head runs on the union of the rows' wanted positions: a suffix as a count, else as indices
+    keep: int | torch.Tensor = len(union) if union == list(range(size - len(union), size)) else torch.tensor(union)
+    began = time.perf_counter()
+    logits = backend.forward_rows(ids, positions, rows.cache, mask, keep)  # (B, K, V)
+    if step:
+        for state, proposal in zip(states, proposals):
+            state.forwards += 1
+            state.tokens_computed += len(proposal.tokens)
+        if cost is not None:  # every step's forward refines the cost model (the prefill is not a step)
+            cost.observe(len(proposals) * size, round(sum(lengths) / len(lengths)), time.perf_counter() - began)
+    else:
+        for state in states:
+            state.forwards += 1
+    where = {position: i for i, position in enumerate(union[-logits.shape[1]:])}
+    return [logits[b, [where[i] for i in want]] for b, want in enumerate(wanted)]  # each (K_b, V)
+
+
+# -- the loop over a batch ----------------------------------------------------------------------------
+
+class _Rows:
+    """The bookkeeping of the rows still decoding: their states, strategies, histograms and cut counts."""
+
+    def __init__(self, decoders: Sequence[Decoder], states: Sequence[DecodeState]) -> None:
+        self.decoders, self.states = list(decoders), list(states)
+        self.histograms: list[dict[int, int]] = [{} for _ in states]
+        self.cut = [0] * len(states)
+        self.active = list(range(len(states)))  # indices of the rows in the cache, in cache order
+        self.stopped: dict[int, int] = {}  # run together: row -> new tokens where it first stopped
+
+
+def prefill(states: Sequence[DecodeState], rows: RowsCache) -> list[int]:
+    """Cache every row's whole prompt in one forward; the first new token of each row from its last logits."""
+    proposals = [Proposal(tokens=list(s.tokens), outputs=[len(s.tokens) - 1]) for s in states]
+    logits = forward_packed(states, rows, proposals, None, step=False)
+    rows.keep(0, [range(len(p.tokens)) for p in proposals])
+    return [int(state.choose(row[-1])) for state, row in zip(states, logits)]
+
+
+def run(decoders: Sequence[Decoder], states: Sequence[DecodeState], rows: RowsCache,
+        on_step: StepCallback | None = None, cost: object | None = None,
+        pad_finished: bool = True) -> list[GenerationStats]:
+    """Decode every row together; each `states[b].tokens` ends as its prompt + generated tokens.
+
+    decoders[b] and states[b] belong to row b (a fresh strategy instance per row); `rows` is their
+    shared, empty cache. pad_finished=False (no eos criterion, as model.generate decides) keeps a row
+    that met a stop string decoding until every row has stopped, then gives every row as many new
+    tokens as the last one to stop: what model.generate returns then. Returns each row's statistics.
+    """
+    began = time.perf_counter()
+    book = _Rows(decoders, states)
+    firsts = prefill(states, rows)
+    for b, first in enumerate(firsts):
+        _commit_row(book, b, [first], on_step, pad_finished)
+    _leave(book, rows, list(range(len(states))))
+    for b in book.active:
+        decoders[b].start(states[b])
+    while book.active:
+        _step(book, rows, on_step, cost, pad_finished)
+    seconds = time.perf_counter() - began
+    return [row_stats(s, d, h, seconds, c) for s, d, h, c in zip(states, decoders, book.histograms, book.cut)]
+
+
+def _step(book: _Rows, rows: RowsCache, on_step: StepCallback | None, cost: object | None,
+          pad_finished: bool) -> None:
+    """One packed step: every active row proposes, one forward, every row verifies, keeps and commits."""
+    active = list(book.active)
+    if cost is not None:
+        cost.rows = len(active)  # what each row's planner weighs its tokens at: the packed forward
+    proposals = [book.decoders[b].propose(book.states[b]) for b in active]
+    logits = forward_packed([book.states[b] for b in active], rows, proposals, cost)
+    start = rows.width - max(len(p.tokens) for p in proposals)
+    keeps, verdicts = [], []
+    for b, proposal, row_logits in zip(active, proposals, logits):
+        verdict = book.decoders[b].verify(book.states[b], proposal, row_logits)
+        keeps.append(check_verdict(book.decoders[b], proposal, verdict))
+        verdicts.append(verdict)
+    rows.keep(start, keeps)
+    for i, (b, verdict) in enumerate(zip(active, verdicts)):
+        state = book.states[b]
+        before = len(state.tokens)
+        tokens = _commit_row(book, b, verdict.tokens, on_step, pad_finished)
+        if len(tokens) < len(verdict.tokens):
+            rows.rollback(i, before - 1 + len(tokens))
+            book.cut[b] += len(verdict.tokens) - len(tokens)
+    _leave(book, rows, active)
+
+
+def _commit_row(book: _Rows, b: int, proposed: list[int], on_step: StepCallback | None,
+                pad_finished: bool) -> list[int]:
+    """Cut a row's step at its first stop and commit it; a row that stopped leaves `book.active`."""
+    state = book.states[b]
+    if state.remaining <= 0:  # a row whose count another row's stop has just settled (run together)
+        if b in book.active:
+            book.active.remove(b)
+        return []
+    tokens, done = cut_at_stop(state, proposed)
+    commit(state, tokens, book.histograms[b], on_step)
+    if done and not pad_finished and len(book.states) > 1:
+        done = _stop_together(book, b)
+    if done and b in book.active:
+        book.active.remove(b)
+    return tokens
+
+
+def _stop_together(book: _Rows, b: int) -> bool:
+    """No eos criterion: a row that met a stop decodes on until every row has; then all stop at the last one's count.
+
+    Returns whether row b is done now.
+    """
+    state = book.states[b]
+    made = len(state.tokens) - state.prompt_length
+    book.stopped.setdefault(b, made)
+    state.stop_checks = ()
+    if len(book.stopped) < len(book.states):
+        return state.remaining <= 0
+    width = max(book.stopped.values())
+    for other in book.states:  # every row ends with `width` new tokens
+        other.max_new_tokens = width
+        del other.tokens[other.prompt_length + width:]
+    for other in list(book.active):
+        if book.states[other].remaining <= 0:
+            book.active.remove(other)
+    return True
+
+
+def _leave(book: _Rows, rows: RowsCache, before: list[int]) -> None:
+    """Rows that stopped this step leave the cache; the others keep their order."""
+    if book.active == before:
+        return
+    rows.select([before.index(b) for b in book.active])
+    for i, b in enumerate(book.active):
+        book.states[b].kv = rows.row(i)
+
+
+# -- a strategy of the pre-batching contract: one row at a time -------------------------------------
+
+def run_one(decoder: Decoder, state: DecodeState, on_step: StepCallback | None = None) -> GenerationStats:
+    """Decode one row with a strategy that runs its own forward (`Decoder.step`); `state.kv` is the row's own cache."""
     began = time.perf_counter()
     histogram: dict[int, int] = {}
     cut = 0
-    first, done = cut_at_stop(state, [prefill(state)])
+    logits = state.forward(state.tokens, layout=None, logits_to_keep=1)  # (1, V): the prefill
+    first, done = cut_at_stop(state, [int(state.choose(logits[-1]))])
     commit(state, first, histogram, on_step)
     if not done:
         decoder.start(state)
@@ -64,6 +255,4 @@ def run(decoder: Decoder, state: DecodeState, on_step: StepCallback | None = Non
             state.kv.rollback(before - 1 + len(tokens))
             cut += len(proposed) - len(tokens)
         commit(state, tokens, histogram, on_step)
-    return GenerationStats(steps=state.forwards, new_tokens=len(state.tokens) - state.prompt_length,
-                           accepted_histogram=histogram, seconds=time.perf_counter() - began,
-                           tokens_computed=state.tokens_computed, cut_tokens=cut, details=decoder.report())
+    return row_stats(state, decoder, histogram, time.perf_counter() - began, cut)

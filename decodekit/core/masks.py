@@ -76,3 +76,42 @@ def additive_mask(layout: StepLayout, past_length: int, dtype: torch.dtype, devi
 def position_ids(layout: StepLayout, start: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Absolute position of each new token: the first new token sits at `start`."""
     return (layout.offsets + start).to(device)  # (T,)
+
+
+# -- a batch of rows in one forward ----------------------------------------------------------------
+#
+# Rows of a batch share one dense cache of S columns. Row b's committed tokens sit in its first
+# `lengths[b]` columns; the columns after them hold nothing the row may see (padding, or rejected
+# drafts of another row's longer step). A packed step appends T = the largest row's step columns:
+# row b's own tokens first, then padding. A padding query sees only itself (never a fully masked row,
+# which would make NaNs that a masked-out column could still carry into a softmax).
+
+
+def packed_mask(layouts: Sequence[StepLayout], lengths: Sequence[int], cached: int, dtype: torch.dtype,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """The (B, 1, T, cached + T) additive mask of one packed step, T the largest layout's size.
+
+    Row b's token i sees cache columns [0, lengths[b]) and, among the new columns, what layouts[b]
+    lets it see. For one row whose cache is all its own this is `additive_mask(layout, cached)`.
+    """
+    rows, size = len(layouts), max(layout.size for layout in layouts)
+    allowed = torch.zeros(rows, size, cached + size, dtype=torch.bool)  # (B, T, S + T)
+    for b, layout in enumerate(layouts):
+        t = layout.size
+        allowed[b, :t, : lengths[b]] = True  # the row's own committed tokens
+        allowed[b, :t, cached: cached + t] = layout.visible  # (t, t) its step's structure
+        pads = torch.arange(t, size)  # (T - t,)
+        allowed[b, pads, cached + pads] = True  # a padding query sees itself only
+    mask = torch.zeros(rows, size, cached + size, dtype=dtype)  # (B, T, S + T)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None].to(device)  # (B, 1, T, S + T)
+
+
+def packed_positions(layouts: Sequence[StepLayout], lengths: Sequence[int]) -> torch.Tensor:
+    """(B, T) absolute positions: row b's first new token sits at lengths[b]; padding repeats it."""
+    size = max(layout.size for layout in layouts)
+    out = torch.zeros(len(layouts), size, dtype=torch.long)  # (B, T)
+    for b, layout in enumerate(layouts):
+        out[b] = lengths[b]
+        out[b, : layout.size] += layout.offsets
+    return out

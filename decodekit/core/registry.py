@@ -52,6 +52,9 @@ class Registry:
             raise PluginError(f"plugin {plugin!r}: {cls.__qualname__}.capabilities must be a decodekit Capabilities")
         if not attrs.has(cls.Params):
             raise PluginError(f"plugin {plugin!r}: {cls.__qualname__}.Params must be an attrs class")
+        if cls.batched() and (cls.propose is Decoder.propose or cls.verify is Decoder.verify):
+            raise PluginError(f"plugin {plugin!r}: {cls.__qualname__} must implement propose and verify "
+                              f"(or, the pre-batching contract, step)")
         if name in self.strategies:
             other = self.strategies[name]
             raise PluginError(f"strategy name {name!r} from plugin {plugin!r} is already registered by plugin "

@@ -60,8 +60,12 @@ class GenerationStats:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
     @classmethod
-    def merge(cls, parts: list["GenerationStats"]) -> "GenerationStats":
-        """Sum the statistics of several sequences (the rows of a batch)."""
+    def merge(cls, parts: list["GenerationStats"], seconds: float | None = None) -> "GenerationStats":
+        """Sum the statistics of several sequences (the rows of a batch); `seconds`: the call's wall time
+        (rows decoded together overlap in time), else the sum of the rows' times.
+
+        steps then counts every row's forwards (a packed forward once per row in it), so mean_accepted
+        stays tokens committed per row per step."""
         histogram: dict[int, int] = {}
         for part in parts:
             for length, count in part.accepted_histogram.items():
@@ -74,7 +78,7 @@ class GenerationStats:
             steps=sum(p.steps for p in parts),
             new_tokens=sum(p.new_tokens for p in parts),
             accepted_histogram=histogram,
-            seconds=sum(p.seconds for p in parts),
+            seconds=sum(p.seconds for p in parts) if seconds is None else seconds,
             tokens_computed=sum(p.tokens_computed for p in parts),
             details=details,
             cut_tokens=sum(p.cut_tokens for p in parts),

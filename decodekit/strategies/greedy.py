@@ -6,7 +6,9 @@ manager and backend as the others; its output equals model.generate(do_sample=Fa
 
 from __future__ import annotations
 
-from decodekit.core.decoder import Decoder, DecodeState
+import torch
+
+from decodekit.core.decoder import Decoder, DecodeState, Proposal, Verdict
 from decodekit.core.types import Capabilities
 
 
@@ -15,6 +17,8 @@ class Greedy(Decoder):
     description = "one token per forward pass: the reference every exact strategy equals"
     capabilities = Capabilities(exact=True, supports_sampling=True)
 
-    def step(self, state: DecodeState) -> list[int]:
-        logits = state.forward([state.pending], layout=None, logits_to_keep=1)  # (1, V)
-        return [int(state.choose(logits[-1]))]
+    def propose(self, state: DecodeState) -> Proposal:
+        return Proposal(tokens=[state.pending])
+
+    def verify(self, state: DecodeState, proposal: Proposal, logits: torch.Tensor) -> Verdict:
+        return Verdict(tokens=[int(state.choose(logits[-1]))])  # logits (1, V)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import attrs
 import torch
 
-from decodekit.core.decoder import Decoder, DecodeState
+from decodekit.core.decoder import Decoder, DecodeState, Proposal, Verdict
 from decodekit.core.params import param
 from decodekit.core.sampling import inverse_cdf
 from decodekit.core.types import Capabilities
@@ -47,15 +47,16 @@ class Jacobi(Decoder):
         self.noise: list[float] = []  # sampling only: one uniform per position of the window, pending's output first
         self.iterations = 0  # passes spent on the current block
 
-    def step(self, state: DecodeState) -> list[int]:
-        window = self.propose(state)
-        logits = state.forward(window, layout=None)  # (T, V)
-        outputs = self.emit(state, window, logits)
-        return self.commit(state, window, outputs)
+    def propose(self, state: DecodeState) -> Proposal:
+        return Proposal(tokens=self.window(state))
+
+    def verify(self, state: DecodeState, proposal: Proposal, logits: torch.Tensor) -> Verdict:
+        outputs = self.emit(state, proposal.tokens, logits)  # logits (T, V)
+        return Verdict(tokens=self.commit(proposal.tokens, outputs))
 
     # -- propose: pending token + the block's guesses ---------------------------------------------
 
-    def propose(self, state: DecodeState) -> list[int]:
+    def window(self, state: DecodeState) -> list[int]:
         """[pending] + guesses, refilled to block_size when a block starts; never past max_new_tokens."""
         size = min(self.params.block_size, state.remaining)
         if self.iterations == 0 or not self.guesses:
@@ -86,13 +87,14 @@ class Jacobi(Decoder):
 
     # -- verify and commit: the converged prefix ---------------------------------------------------
 
-    def commit(self, state: DecodeState, window: list[int], outputs: list[int]) -> list[int]:
-        """Output i is exact when guesses 1..i equal outputs 0..i-1; keep those, refine the rest."""
+    def commit(self, window: list[int], outputs: list[int]) -> list[int]:
+        """Output i is exact when guesses 1..i equal outputs 0..i-1; keep those, refine the rest.
+
+        Pending and the confirmed guesses stay cached (the chain's first `accepted` tokens).
+        """
         accepted = 1
         while accepted < len(window) and window[accepted] == outputs[accepted - 1]:
             accepted += 1
-        start = state.kv.length - len(window)
-        state.kv.rollback(start + accepted)  # pending + the confirmed guesses stay cached
         self.guesses = outputs[accepted:]  # the next Jacobi iterate for the unconverged positions
         self.noise = self.noise[accepted:]
         if not self.guesses or self.iterations >= self.params.max_iterations:

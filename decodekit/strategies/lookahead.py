@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 import torch
 
-from decodekit.core.decoder import Decoder, DecodeState
+from decodekit.core.decoder import Decoder, DecodeState, Proposal, Verdict
 from decodekit.core.masks import tree_layout
 from decodekit.core.params import param
 from decodekit.core.planner import Draft, Extra, StepPlanner, matched_length
@@ -198,7 +198,12 @@ class Lookahead(Decoder):
         chosen = self.planner.plan(drafts, state.kv.length, extras)
         return list(chosen.drafts), chosen.extra.label if chosen.extra else 0
 
-    def propose(self, state: DecodeState) -> StepPlan:
+    def propose(self, state: DecodeState) -> Proposal:
+        """[pending, window, trie]: one tree; the logits read are the pending token's, the window's last levels, the trie's."""
+        plan = self.plan(state)
+        return Proposal(tokens=plan.tokens, layout=tree_layout(plan.parents), outputs=plan.output_rows(), plan=plan)
+
+    def plan(self, state: DecodeState) -> StepPlan:
         drafts = self.candidates(state)
         if self.planner is None:
             width = self.fixed_width(state, drafts)
@@ -283,19 +288,15 @@ class Lookahead(Decoder):
         self.window_yield[0] += max(0, best["window"] - best["other"])
         self.window_yield[1] += len(plan.last_level)
 
-    def step(self, state: DecodeState) -> list[int]:
-        plan = self.propose(state)
-        start = state.kv.length
-        rows = plan.output_rows()
-        kept = state.forward(plan.tokens, tree_layout(plan.parents), logits_to_keep=rows)  # (K, V)
-        logits = dict(zip(rows, kept))  # token index -> its logits (V,)
+    def verify(self, state: DecodeState, proposal: Proposal, kept: torch.Tensor) -> Verdict:
+        plan, rows = proposal.plan, proposal.outputs
+        logits = dict(zip(rows, kept))  # token index -> its logits (V,); kept (K, V)
         # token index -> the model's next token before any logits processor (what the window's guesses use)
         argmax = dict(zip(rows, kept.float().argmax(dim=-1).tolist()))
         if state.sampler is None:
             committed, accepted = self.verify_greedy(state, plan, logits, argmax)
         else:
             committed, accepted = self.verify_sampling(state, plan, logits)
-        state.kv.keep_appended(start, [0] + accepted)  # the pending token and the accepted drafts
         self.advance_window(plan, argmax)
         if self.planner is not None:
             self.learn(plan, committed)
@@ -303,7 +304,7 @@ class Lookahead(Decoder):
             self.pool.add_sequence(state.tokens + committed, first_end=len(state.tokens))
         if self.sizes.C:
             self.context.extend(committed)
-        return committed
+        return Verdict(tokens=committed, keep=[0] + accepted)  # the pending token and the accepted drafts
 
     def report(self) -> dict[str, Any]:
         """How often the window ran and how wide (planned mode's choices show here)."""

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import torch
 
-from decodekit.core.decoder import Decoder, DecodeState
+from decodekit.core.decoder import Decoder, DecodeState, Proposal, Verdict
 from decodekit.core.kvcache import KVCacheManager
 from decodekit.core.params import param
 from decodekit.core.sampling import draw, rejection_sample
@@ -43,7 +43,7 @@ class SpeculativeParams:
 
 
 @attrs.define(eq=False)
-class Proposal:
+class Drafted:
     """What the draft proposed in one step."""
 
     tokens: list[int]  # d_1 .. d_G
@@ -63,14 +63,15 @@ class Speculative(Decoder):
         self.draft_kv = KVCacheManager(state.draft)
         self.draft_forward(state, state.tokens[:-1])  # the draft's prefill; the pending token comes with the first proposal
 
-    def step(self, state: DecodeState) -> list[int]:
+    def propose(self, state: DecodeState) -> Proposal:
         # at most `remaining` tokens can be kept, and the target adds one of its own after the drafts
-        gamma = min(self.gamma, state.remaining - 1)
-        proposal = self.propose(state, gamma)
-        logits = state.forward([state.pending] + proposal.tokens, layout=None)  # (G + 1, V)
-        tokens = self.verify(state, proposal, logits)
-        self.commit(state, proposal, tokens)
-        return tokens
+        drafted = self.draft(state, min(self.gamma, state.remaining - 1))
+        return Proposal(tokens=[state.pending] + drafted.tokens, plan=drafted)  # a chain
+
+    def verify(self, state: DecodeState, proposal: Proposal, logits: torch.Tensor) -> Verdict:
+        tokens = self.accept(state, proposal.plan, logits)  # logits (G + 1, V)
+        self.commit(state, proposal.plan, tokens)
+        return Verdict(tokens=tokens)  # pending + the accepted drafts stay cached
 
     # -- propose: gamma tokens from the draft's own cache ------------------------------------------
 
@@ -81,7 +82,7 @@ class Speculative(Decoder):
         logits = state.draft.forward(torch.tensor(ids, dtype=torch.long), positions, self.draft_kv.cache, None, 1)  # (1, V)
         return logits[-1]  # (V,)
 
-    def propose(self, state: DecodeState, gamma: int) -> Proposal:
+    def draft(self, state: DecodeState, gamma: int) -> Drafted:
         """d_1 .. d_gamma, each the draft's argmax (or sample) after the committed tokens and the drafts before it."""
         tokens: list[int] = []
         probs: list[torch.Tensor] = []
@@ -97,13 +98,13 @@ class Speculative(Decoder):
                 probs.append(q)
             tokens.append(token)
             feed = [token]
-        return Proposal(tokens=tokens, probs=torch.stack(probs) if probs else None)  # probs (G, V)
+        return Drafted(tokens=tokens, probs=torch.stack(probs) if probs else None)  # probs (G, V)
 
     # -- verify: which drafts the target keeps, and its own next token ----------------------------
 
-    def verify(self, state: DecodeState, proposal: Proposal, logits: torch.Tensor) -> list[int]:
+    def accept(self, state: DecodeState, drafted: Drafted, logits: torch.Tensor) -> list[int]:
         """Greedy: keep drafts while they match the target's argmax. Sampling: the rejection rule."""
-        drafts = proposal.tokens
+        drafts = drafted.tokens
         paths = state.chain(drafts)  # row i follows the first i drafts
         if state.sampler is None:
             targets = state.choose(logits, paths).tolist()  # (G + 1,)
@@ -114,19 +115,19 @@ class Speculative(Decoder):
         p = state.probabilities(logits, paths)  # (G + 1, V)
         if not drafts:
             return [int(draw(p[0], state.sampler.generator))]
-        n, token = self.acceptance_rule(torch.tensor(drafts), proposal.probs, p, state.sampler.generator)
+        n, token = self.acceptance_rule(torch.tensor(drafts), drafted.probs, p, state.sampler.generator)
         return drafts[:n] + [token]
 
     # -- commit: both caches back to the committed tokens; adapt gamma -----------------------------
 
-    def commit(self, state: DecodeState, proposal: Proposal, tokens: list[int]) -> None:
+    def commit(self, state: DecodeState, drafted: Drafted, tokens: list[int]) -> None:
+        """The draft's cache back to the committed tokens; gamma adapts (the loop trims the target's cache)."""
         accepted = len(tokens) - 1
-        start = state.kv.length - (len(proposal.tokens) + 1)
-        state.kv.rollback(start + len(tokens))  # pending + accepted drafts; the last token is the new pending
+        start = len(state.tokens) - 1  # what the target cached before this step: every committed token but pending
         # the draft cached the committed tokens and d_1 .. d_G-1: keep what is still committed
         self.draft_kv.rollback(min(self.draft_kv.length, start + len(tokens)))
-        if self.params.adaptive and proposal.tokens:
-            if accepted == len(proposal.tokens):
+        if self.params.adaptive and drafted.tokens:
+            if accepted == len(drafted.tokens):
                 self.gamma = min(self.gamma + 1, self.params.max_gamma)
             else:
                 self.gamma = max(self.gamma - 1, 1)

@@ -55,7 +55,10 @@ IDS = torch.tensor([[5, 6, 7]])
     (dict(streamer=object()), InputError, r"streamer must have put\(\) and end\(\)"),
     (dict(stop_strings=["x"]), InputError, r"stop_strings=\['x'\] needs tokenizer="),
     (dict(generation_config={"max_new_tokens": 3}), InputError, r"generation_config must be a transformers GenerationConfig"),
-    (dict(attention_mask=torch.tensor([[0, 1, 1]])), InputError, r"attention_mask must be None or all ones"),
+    (dict(attention_mask=torch.tensor([[1, 1, 0]])), InputError, r"attention_mask row 0 has padding after a token .* pad on the left"),
+    (dict(attention_mask=torch.tensor([[0, 0, 0]])), InputError, r"attention_mask row 0 is all zeros"),
+    (dict(attention_mask=torch.tensor([[2, 1, 1]])), InputError, r"attention_mask must hold only 0 \(padding\) and 1 \(token\), got values \[2\]"),
+    (dict(attention_mask=torch.ones(1, 4)), InputError, r"attention_mask must be None or a tensor of input_ids' shape \(1, 3\)"),
     # settings whose output decodekit cannot reproduce exactly are refused by name
     (dict(num_beams=2), InputError, r"generation mode 'beam_search' .* is not supported"),
     (dict(num_return_sequences=2, do_sample=True), InputError, r"num_return_sequences must be 1"),

@@ -155,6 +155,23 @@ class HFBackend:
         )
         return out.logits[0]  # (T, V)
 
+    def forward_rows(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: DynamicCache,
+                     mask: torch.Tensor | None, logits_to_keep: int | torch.Tensor = 0) -> torch.Tensor:
+        """`forward` for a batch: input_ids, positions (B, T); mask (B, 1, T, cached + T) additive or None.
+
+        Returns logits (B, T or K, V); every row of the cache grows by T.
+        """
+        kwargs = {self.cache_keyword: cache}
+        out = self.model(
+            input_ids=input_ids.to(self.device),  # (B, T)
+            position_ids=positions.to(self.device),  # (B, T)
+            attention_mask=mask,
+            use_cache=True,
+            logits_to_keep=logits_to_keep.to(self.device) if torch.is_tensor(logits_to_keep) else logits_to_keep,
+            **kwargs,
+        )
+        return out.logits  # (B, T, V)
+
     # -- the cache (used by the KV-cache manager only) -----------------------------------------
 
     @staticmethod
@@ -182,6 +199,31 @@ class HFBackend:
             layer.keys[:, :, start:end] = layer.keys.index_select(2, idx)  # (B, H, K, D)
             layer.values[:, :, start:end] = layer.values.index_select(2, idx)  # (B, H, K, D)
         HFBackend.crop_cache(cache, start + index.shape[0])
+
+
+    @staticmethod
+    def move_columns(cache: DynamicCache, rows: Sequence[int], sources: Sequence[int], targets: Sequence[int]) -> None:
+        """For each i, row rows[i]'s keys and values at column sources[i] are copied to column targets[i]
+        (every source is read before any target is written)."""
+        for layer in cache.layers:
+            if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+                continue
+            device = layer.keys.device
+            b = torch.as_tensor(rows, dtype=torch.long, device=device)  # (M,)
+            src = torch.as_tensor(sources, dtype=torch.long, device=device)  # (M,)
+            dst = torch.as_tensor(targets, dtype=torch.long, device=device)  # (M,)
+            layer.keys[b, :, dst] = layer.keys[b, :, src]  # (M, H, D)
+            layer.values[b, :, dst] = layer.values[b, :, src]  # (M, H, D)
+
+    @staticmethod
+    def select_rows(cache: DynamicCache, rows: Sequence[int]) -> None:
+        """Keep only the batch rows `rows` of every layer, in that order."""
+        for layer in cache.layers:
+            if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+                continue
+            index = torch.as_tensor(rows, dtype=torch.long, device=layer.keys.device)  # (B',)
+            layer.keys = layer.keys.index_select(0, index)  # (B', H, S, D)
+            layer.values = layer.values.index_select(0, index)  # (B', H, S, D)
 
 
 # -- loading and building models ------------------------------------------------------------------

@@ -7,9 +7,10 @@ prompt + output, and propose the tokens that followed it there as a draft. One f
 have produced is kept, plus the model's own next token (the "bonus"). Exact: every committed token is
 the argmax of the logits that greedy decoding would compute, given the same committed prefix.
 
-Only decodekit's public interface is used: decodekit.Decoder, decodekit.Capabilities,
-decodekit.param, decodekit.StepPlanner and decodekit.Draft, and the DecodeState handed to step()
-(forward, forward_cost, choose, chain, kv.length, kv.rollback, tokens, pending, remaining).
+Only decodekit's public interface is used: decodekit.Decoder, decodekit.Proposal, decodekit.Verdict,
+decodekit.Capabilities, decodekit.param, decodekit.StepPlanner and decodekit.Draft, and the DecodeState
+handed to propose() and verify() (forward_cost, choose, chain, kv.length, tokens, pending, remaining).
+decodekit's loop runs the forward: every row of a batch through one forward per step.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class PromptLookup(decodekit.Decoder):
         # decode goes) against what a longer forward costs on this machine.
         self.planner = decodekit.StepPlanner(cost=state.forward_cost()) if self.params.plan else None
 
-    def propose(self, state: decodekit.DecodeState) -> list[decodekit.Draft]:
+    def drafts(self, state: decodekit.DecodeState) -> list[decodekit.Draft]:
         """Draft from the committed tokens; never more than can still be committed after the bonus token.
 
         With planning, the draft is cut to the prefix that maximises expected tokens per second.
@@ -92,27 +93,25 @@ class PromptLookup(decodekit.Decoder):
             drafts = list(self.planner.plan(drafts, state.kv.length).drafts)
         return drafts
 
-    @staticmethod
-    def verify(state: decodekit.DecodeState, draft: list[int], logits: torch.Tensor) -> tuple[int, int]:
-        """Greedy verification: how many drafted tokens the model agrees with, and its own next token.
+    def propose(self, state: decodekit.DecodeState) -> decodekit.Proposal:
+        """[pending, *draft], a chain: what this row puts through the model this step."""
+        drafts = self.drafts(state)
+        draft = list(drafts[0].tokens) if drafts else []
+        return decodekit.Proposal(tokens=[state.pending, *draft], plan=drafts)
 
-        Row i of logits follows [pending, draft[0..i-1]], so choice i is what greedy decoding would
-        emit there; draft[i] is accepted while it equals choice i.
+    def verify(self, state: decodekit.DecodeState, proposal: decodekit.Proposal,
+               logits: torch.Tensor) -> decodekit.Verdict:
+        """Greedy verification: the drafted tokens the model agrees with, then its own next token.
+
+        Row i of logits (T, V) follows [pending, draft[0..i-1]], so choice i is what greedy decoding
+        would emit there; draft[i] is accepted while it equals choice i. The pending token's and the
+        accepted drafts' keys and values stay cached (the chain's first accepted + 1 tokens).
         """
+        draft = proposal.tokens[1:]
         choices = state.choose(logits, state.chain(draft))  # (T,) T = 1 + len(draft); row i follows draft[:i]
         agree = torch.as_tensor(draft, dtype=torch.long) == choices[: len(draft)]  # (T - 1,)
         accepted = int(agree.long().cumprod(dim=0).sum())  # length of the all-true prefix
-        return accepted, int(choices[accepted])
-
-    def step(self, state: decodekit.DecodeState) -> list[int]:
-        drafts = self.propose(state)
-        draft = list(drafts[0].tokens) if drafts else []
-        start = state.kv.length  # the cache holds every committed token but `pending`
-        logits = state.forward([state.pending, *draft], layout=None)  # (T, V); the cache grows by T
-        accepted, bonus = self.verify(state, draft, logits)
-        # commit: keep pending and the accepted drafts' keys and values; drop the rejected ones
-        state.kv.rollback(start + accepted + 1)
-        committed = [*draft[:accepted], bonus]
+        committed = [*draft[:accepted], int(choices[accepted])]
         if self.planner is not None:
-            self.planner.record(drafts, committed)
-        return committed
+            self.planner.record(proposal.plan, committed)
+        return decodekit.Verdict(tokens=committed)
