@@ -249,11 +249,12 @@ def _decode_rows(backend: HFBackend, ids: torch.Tensor, prompts: list[list[int]]
             if info.cls.batched():
                 rows = RowsCache(backend, lengths=[0] * len(prompts))
                 states = [state_for(b, rows.row(b)) for b in range(len(prompts))]
-                stats = loop.run([info.cls(strategy_params) for _ in prompts], states, rows, callback, cost,
-                                 pad_finished=settings.pads_finished)
+                stats, forwards = loop.run([info.cls(strategy_params) for _ in prompts], states, rows, callback, cost,
+                                           pad_finished=settings.pads_finished)
             else:
                 states, stats = _decode_one_by_one(state_for, backend, info, strategy_params, settings, len(prompts),
                                                    callback)
+                forwards = sum(st.steps for st in stats)
     finally:
         if streamer is not None:
             streamer.end()
@@ -264,7 +265,8 @@ def _decode_rows(backend: HFBackend, ids: torch.Tensor, prompts: list[list[int]]
     sequences = torch.tensor([row + n + [pad] * (width - len(n)) for row, n in zip(ids.tolist(), new)],
                              dtype=torch.long)  # (B, L + new): each prompt as given, its new tokens, the pad fill
     return GenerationOutput(sequences=sequences.to(device),
-                            stats=stats[0] if len(stats) == 1 else GenerationStats.merge(stats, seconds=seconds))
+                            stats=stats[0] if len(stats) == 1 else GenerationStats.merge(stats, seconds=seconds,
+                                                                                         forwards=forwards))
 
 
 def _decode_one_by_one(state_for: Callable[..., DecodeState], backend: HFBackend, info: StrategyInfo,

@@ -222,6 +222,13 @@ class Decoder(abc.ABC):
         raise NotImplementedError(f"strategy {self.name!r} implements neither propose/verify nor step")
 
     @classmethod
+    def propose_rows(cls, decoders: Sequence["Decoder"], states: Sequence[DecodeState]) -> list[Proposal]:
+        """Every active row's proposal this step (decoders[b] and states[b] are row b's; rows of one call
+        share the strategy class). The default asks each row's `propose`; a strategy whose proposing runs a
+        model of its own (speculative decoding's draft) overrides this to run it once for all rows."""
+        return [decoder.propose(state) for decoder, state in zip(decoders, states)]
+
+    @classmethod
     def batched(cls) -> bool:
         """Whether the loop drives this strategy (propose/verify, rows packed together) rather than its own `step`."""
         return cls.step is Decoder.step

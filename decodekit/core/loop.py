@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from decodekit.core.backend import HFBackend
 from decodekit.core.decoder import Decoder, DecodeState, Proposal, Verdict
 from decodekit.core.kvcache import RowsCache
 from decodekit.core.masks import packed_mask, packed_positions
@@ -77,14 +78,13 @@ def _wanted(proposal: Proposal) -> list[int]:
     return list(range(len(proposal.tokens))) if proposal.outputs is None else list(proposal.outputs)
 
 
-def forward_packed(states: Sequence[DecodeState], rows: RowsCache, proposals: Sequence[Proposal],
-                   cost: object | None, step: bool = True) -> list[torch.Tensor]:
-    """One forward of every row's proposal; returns each row's logits (K_b, V) for the tokens it asked for.
+def forward_packed(backend: HFBackend, rows: RowsCache, proposals: Sequence[Proposal]) -> list[torch.Tensor]:
+    """One forward of every row's proposal (row b of `rows` runs proposals[b]); each row's logits (K_b, V)
+    for the tokens it asked for. Every row of the cache grows by T, the longest proposal.
 
     One row whose proposal is a chain runs with no mask (the model's own causal mask, as model.generate
     runs); otherwise the mask builder gives each row its tree over its own cached positions.
     """
-    backend = states[0].backend
     cached, lengths = rows.width, list(rows.lengths)
     size = max(len(p.tokens) for p in proposals)
     ids = torch.tensor([p.tokens + [p.tokens[0]] * (size - len(p.tokens)) for p in proposals])  # (B, T)
@@ -97,19 +97,24 @@ def forward_packed(states: Sequence[DecodeState], rows: RowsCache, proposals: Se
     union = sorted(set().union(*wanted))
     # the lm head runs on the union of the rows' wanted positions: a suffix as a count, else as indices
     keep: int | torch.Tensor = len(union) if union == list(range(size - len(union), size)) else torch.tensor(union)
-    began = time.perf_counter()
     logits = backend.forward_rows(ids, positions, rows.cache, mask, keep)  # (B, K, V)
-    if step:
-        for state, proposal in zip(states, proposals):
-            state.forwards += 1
-            state.tokens_computed += len(proposal.tokens)
-        if cost is not None:  # every step's forward refines the cost model (the prefill is not a step)
-            cost.observe(len(proposals) * size, round(sum(lengths) / len(lengths)), time.perf_counter() - began)
-    else:
-        for state in states:
-            state.forwards += 1
-    where = {position: i for i, position in enumerate(union[-logits.shape[1]:])}
+    where = {position: i for i, position in enumerate(union)}
     return [logits[b, [where[i] for i in want]] for b, want in enumerate(wanted)]  # each (K_b, V)
+
+
+def timed_step(states: Sequence[DecodeState], rows: RowsCache, proposals: Sequence[Proposal],
+               cost: object | None) -> list[torch.Tensor]:
+    """`forward_packed` as a step of the target: counted in each row's statistics and timed for the cost model."""
+    began = time.perf_counter()
+    lengths = list(rows.lengths)
+    logits = forward_packed(states[0].backend, rows, proposals)
+    for state, proposal in zip(states, proposals):
+        state.forwards += 1
+        state.tokens_computed += len(proposal.tokens)
+    if cost is not None:  # every step's forward refines the cost model: what the packed forward put through
+        size = max(len(p.tokens) for p in proposals)
+        cost.observe(len(proposals) * size, round(sum(lengths) / len(lengths)), time.perf_counter() - began)
+    return logits
 
 
 # -- the loop over a batch ----------------------------------------------------------------------------
@@ -123,25 +128,29 @@ class _Rows:
         self.cut = [0] * len(states)
         self.active = list(range(len(states)))  # indices of the rows in the cache, in cache order
         self.stopped: dict[int, int] = {}  # run together: row -> new tokens where it first stopped
+        self.forwards = 1  # packed forwards of the target, the prefill's included
 
 
 def prefill(states: Sequence[DecodeState], rows: RowsCache) -> list[int]:
     """Cache every row's whole prompt in one forward; the first new token of each row from its last logits."""
     proposals = [Proposal(tokens=list(s.tokens), outputs=[len(s.tokens) - 1]) for s in states]
-    logits = forward_packed(states, rows, proposals, None, step=False)
+    logits = forward_packed(states[0].backend, rows, proposals)
+    for state in states:
+        state.forwards += 1  # a forward, but not a step: its tokens are not a step's cost
     rows.keep(0, [range(len(p.tokens)) for p in proposals])
     return [int(state.choose(row[-1])) for state, row in zip(states, logits)]
 
 
 def run(decoders: Sequence[Decoder], states: Sequence[DecodeState], rows: RowsCache,
         on_step: StepCallback | None = None, cost: object | None = None,
-        pad_finished: bool = True) -> list[GenerationStats]:
+        pad_finished: bool = True) -> tuple[list[GenerationStats], int]:
     """Decode every row together; each `states[b].tokens` ends as its prompt + generated tokens.
 
     decoders[b] and states[b] belong to row b (a fresh strategy instance per row); `rows` is their
     shared, empty cache. pad_finished=False (no eos criterion, as model.generate decides) keeps a row
     that met a stop string decoding until every row has stopped, then gives every row as many new
-    tokens as the last one to stop: what model.generate returns then. Returns each row's statistics.
+    tokens as the last one to stop: what model.generate returns then. Returns each row's statistics and the
+    number of forwards the batch took (the prefill's included).
     """
     began = time.perf_counter()
     book = _Rows(decoders, states)
@@ -154,7 +163,8 @@ def run(decoders: Sequence[Decoder], states: Sequence[DecodeState], rows: RowsCa
     while book.active:
         _step(book, rows, on_step, cost, pad_finished)
     seconds = time.perf_counter() - began
-    return [row_stats(s, d, h, seconds, c) for s, d, h, c in zip(states, decoders, book.histograms, book.cut)]
+    stats = [row_stats(s, d, h, seconds, c) for s, d, h, c in zip(states, decoders, book.histograms, book.cut)]
+    return stats, book.forwards
 
 
 def _step(book: _Rows, rows: RowsCache, on_step: StepCallback | None, cost: object | None,
@@ -163,8 +173,10 @@ def _step(book: _Rows, rows: RowsCache, on_step: StepCallback | None, cost: obje
     active = list(book.active)
     if cost is not None:
         cost.rows = len(active)  # what each row's planner weighs its tokens at: the packed forward
-    proposals = [book.decoders[b].propose(book.states[b]) for b in active]
-    logits = forward_packed([book.states[b] for b in active], rows, proposals, cost)
+    decoders, states = [book.decoders[b] for b in active], [book.states[b] for b in active]
+    proposals = type(decoders[0]).propose_rows(decoders, states)
+    logits = timed_step(states, rows, proposals, cost)
+    book.forwards += 1
     start = rows.width - max(len(p.tokens) for p in proposals)
     keeps, verdicts = [], []
     for b, proposal, row_logits in zip(active, proposals, logits):

@@ -50,6 +50,12 @@ class GenerationStats:
     tokens_computed: int = 0
     details: Mapping[str, float] = attrs.field(factory=dict, converter=lambda d: MappingProxyType(dict(d)))
     cut_tokens: int = 0
+    forwards: int | None = None  # forward passes of the target for the whole call; None: `steps` (one row)
+
+    @property
+    def forward_passes(self) -> int:
+        """Forward passes of the target model: a batch's packed forward counts once, however many rows it ran."""
+        return self.steps if self.forwards is None else self.forwards
 
     @property
     def mean_accepted(self) -> float:
@@ -60,9 +66,11 @@ class GenerationStats:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
     @classmethod
-    def merge(cls, parts: list["GenerationStats"], seconds: float | None = None) -> "GenerationStats":
+    def merge(cls, parts: list["GenerationStats"], seconds: float | None = None,
+              forwards: int | None = None) -> "GenerationStats":
         """Sum the statistics of several sequences (the rows of a batch); `seconds`: the call's wall time
-        (rows decoded together overlap in time), else the sum of the rows' times.
+        (rows decoded together overlap in time), else the sum of the rows' times; `forwards`: the packed
+        forwards of rows decoded together, else the sum of the rows' steps.
 
         steps then counts every row's forwards (a packed forward once per row in it), so mean_accepted
         stays tokens committed per row per step."""
@@ -82,6 +90,7 @@ class GenerationStats:
             tokens_computed=sum(p.tokens_computed for p in parts),
             details=details,
             cut_tokens=sum(p.cut_tokens for p in parts),
+            forwards=forwards,
         )
 
     @property
@@ -94,6 +103,8 @@ class GenerationStats:
                 f"{self.steps} steps, {self.mean_accepted:.2f} tokens/step")
         if self.tokens_computed:
             text += f", {self.tokens_per_forward_step:.1f} tokens put through per step"
+        if self.forwards is not None:
+            text += f" over the rows, {self.forwards} forward passes for the batch"
         if "window_steps" in self.details and self.steps > 1:
             runs = self.details["window_steps"]
             width = self.details["window_columns"] / runs if runs else 0.0

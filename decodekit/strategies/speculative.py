@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import attrs
 import torch
 
 from decodekit.core.decoder import Decoder, DecodeState, Proposal, Verdict
-from decodekit.core.kvcache import KVCacheManager
+from decodekit.core.kvcache import RowsCache
+from decodekit.core.loop import forward_packed
 from decodekit.core.params import param
 from decodekit.core.sampling import draw, rejection_sample
 from decodekit.core.types import Capabilities
@@ -60,45 +61,64 @@ class Speculative(Decoder):
 
     def start(self, state: DecodeState) -> None:
         self.gamma = self.params.gamma
-        self.draft_kv = KVCacheManager(state.draft)
-        self.draft_forward(state, state.tokens[:-1])  # the draft's prefill; the pending token comes with the first proposal
+        self.draft_rows: DraftRows | None = None  # the draft's cache, shared by the rows of this call
 
     def propose(self, state: DecodeState) -> Proposal:
-        # at most `remaining` tokens can be kept, and the target adds one of its own after the drafts
-        drafted = self.draft(state, min(self.gamma, state.remaining - 1))
-        return Proposal(tokens=[state.pending] + drafted.tokens, plan=drafted)  # a chain
+        return self.propose_rows([self], [state])[0]
 
     def verify(self, state: DecodeState, proposal: Proposal, logits: torch.Tensor) -> Verdict:
         tokens = self.accept(state, proposal.plan, logits)  # logits (G + 1, V)
         self.commit(state, proposal.plan, tokens)
-        return Verdict(tokens=tokens)  # pending + the accepted drafts stay cached
+        return Verdict(tokens=tokens)  # pending + the accepted drafts stay cached (a chain)
 
-    # -- propose: gamma tokens from the draft's own cache ------------------------------------------
+    # -- propose: gamma tokens per row from the draft, every row through one draft forward -----------
 
-    def draft_forward(self, state: DecodeState, ids: list[int]) -> torch.Tensor:
-        """Run the draft over `ids` after its cache; returns the last position's logits (V,)."""
-        start = self.draft_kv.length
-        positions = torch.arange(start, start + len(ids))  # (T,)
-        logits = state.draft.forward(torch.tensor(ids, dtype=torch.long), positions, self.draft_kv.cache, None, 1)  # (1, V)
-        return logits[-1]  # (V,)
+    @classmethod
+    def propose_rows(cls, decoders: Sequence["Speculative"], states: Sequence[DecodeState]) -> list[Proposal]:
+        """[pending, d_1 .. d_gamma] per row; d_i the draft's argmax (or sample) after the committed tokens and
+        the drafts before it. At most `remaining` tokens can be kept and the target adds one of its own, so a
+        row drafts at most remaining - 1. Draft position i of every row goes through one packed forward."""
+        shared = cls.draft_cache(decoders, states)
+        gammas = [min(d.gamma, s.remaining - 1) for d, s in zip(decoders, states)]
+        drafted = [Drafted(tokens=[], probs=None) for _ in decoders]
+        probs: list[list[torch.Tensor]] = [[] for _ in decoders]
+        for i in range(max(gammas, default=0)):
+            busy = [i < g for g in gammas]
+            # what each row feeds: first the committed tokens the draft has not cached (pending at least),
+            # then its last draft; a row with no draft left feeds its pending token, whose keys are dropped
+            feeds = [(s.tokens[shared.rows.lengths[b]:] if i == 0 else [drafted[b].tokens[-1]]) if busy[b]
+                     else [s.pending] for b, s in enumerate(states)]
+            start = shared.rows.width
+            logits = forward_packed(states[0].draft, shared.rows, [Proposal(tokens=f, outputs=[len(f) - 1]) for f in feeds])
+            shared.rows.keep(start, [range(len(f)) if busy[b] else [] for b, f in enumerate(feeds)])
+            for b, state in enumerate(states):
+                if busy[b]:
+                    cls.draw_next(state, drafted[b], probs[b], logits[b][-1])  # logits[b] (1, V)
+        for d, p in zip(drafted, probs):
+            d.probs = torch.stack(p) if p else None  # (G, V)
+        return [Proposal(tokens=[s.pending] + d.tokens, plan=d) for s, d in zip(states, drafted)]  # chains
 
-    def draft(self, state: DecodeState, gamma: int) -> Drafted:
-        """d_1 .. d_gamma, each the draft's argmax (or sample) after the committed tokens and the drafts before it."""
-        tokens: list[int] = []
-        probs: list[torch.Tensor] = []
-        feed = state.tokens[self.draft_kv.length:]  # committed tokens the draft has not cached yet (pending at least)
-        for _ in range(gamma):
-            logits = self.draft_forward(state, feed)  # (V,)
-            path = [list(tokens)]  # the draft's prefix: committed tokens + its drafts so far (for logits processors)
-            if state.sampler is None:
-                token = int(state.scores(logits, path).argmax())
-            else:
-                q = state.probabilities(logits, path)  # (V,)
-                token = int(draw(q, state.sampler.generator))
-                probs.append(q)
-            tokens.append(token)
-            feed = [token]
-        return Drafted(tokens=tokens, probs=torch.stack(probs) if probs else None)  # probs (G, V)
+    @staticmethod
+    def draft_cache(decoders: Sequence["Speculative"], states: Sequence[DecodeState]) -> "DraftRows":
+        """The draft's cache for these rows: made on the first step; rows that left the target's forward leave it."""
+        shared = decoders[0].draft_rows
+        if shared is None:
+            shared = DraftRows(rows=RowsCache(states[0].draft, lengths=[0] * len(decoders)), members=list(decoders))
+            for decoder in decoders:
+                decoder.draft_rows = shared
+        shared.follow(decoders)
+        return shared
+
+    @staticmethod
+    def draw_next(state: DecodeState, drafted: Drafted, probs: list[torch.Tensor], logits: torch.Tensor) -> None:
+        """The draft's next token after logits (V,): its argmax, or a sample (whose distribution is kept)."""
+        path = [list(drafted.tokens)]  # the draft's prefix: committed tokens + its drafts so far (logits processors)
+        if state.sampler is None:
+            drafted.tokens.append(int(state.scores(logits, path).argmax()))
+            return
+        q = state.probabilities(logits, path)  # (V,)
+        drafted.tokens.append(int(draw(q, state.sampler.generator)))
+        probs.append(q)
 
     # -- verify: which drafts the target keeps, and its own next token ----------------------------
 
@@ -125,12 +145,27 @@ class Speculative(Decoder):
         accepted = len(tokens) - 1
         start = len(state.tokens) - 1  # what the target cached before this step: every committed token but pending
         # the draft cached the committed tokens and d_1 .. d_G-1: keep what is still committed
-        self.draft_kv.rollback(min(self.draft_kv.length, start + len(tokens)))
+        rows, row = self.draft_rows.rows, self.draft_rows.members.index(self)
+        rows.rollback(row, min(rows.lengths[row], start + len(tokens)))
         if self.params.adaptive and drafted.tokens:
             if accepted == len(drafted.tokens):
                 self.gamma = min(self.gamma + 1, self.params.max_gamma)
             else:
                 self.gamma = max(self.gamma - 1, 1)
+
+
+@attrs.define(eq=False)
+class DraftRows:
+    """The draft model's cache for the rows of one generate() call, and which row's strategy owns each row."""
+
+    rows: RowsCache
+    members: list[Any]  # the rows' Speculative instances, in cache order
+
+    def follow(self, decoders: Sequence[Any]) -> None:
+        """Rows that have left the target's forward leave the draft's too."""
+        if self.members != list(decoders):
+            self.rows.select([self.members.index(d) for d in decoders])
+            self.members = list(decoders)
 
 
 # -- a draft built from the target itself -----------------------------------------------------------
