@@ -19,6 +19,16 @@ def _per_category(text: str) -> int | None:
     return value
 
 
+def _batch_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", metavar="FILE",
                         help="a Spec-Bench-format JSONL (default: $DECODEKIT_SPEC_BENCH, else "
@@ -34,6 +44,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="methods to run, e.g. greedy lookahead:W=7,N=4,G=7 hf-prompt-lookup:num_tokens=10 "
                              "hf-assisted:draft=PATH (default: hf-greedy, greedy, hf-prompt-lookup and every "
                              "registered exact strategy that needs no draft model); hf-greedy is always included")
+    parser.add_argument("--batch-size", "--batch-sizes", dest="batch_sizes", type=_batch_size, nargs="+",
+                        metavar="B",
+                        help="decode batches of B prompts: the prompts in order in groups of B, each group "
+                             "left-padded (the tokenizer's pad id, else its eos id) with its attention mask and "
+                             "decoded by each method in one call (hf-greedy: model.generate on the padded batch). "
+                             "Several sizes (--batch-size 1 2 4 8) run one after another on the same prompts and "
+                             "methods: one table with a row per (batch size, method) of total tokens/s, its ratio "
+                             "to hf-greedy's, mean per-row latency, peak memory and the fraction of rows identical "
+                             "to hf-greedy's, and a plot of tokens/s against batch size. First turns only; no "
+                             "--sweep; hf-prompt-lookup and hf-assisted (batch size 1 only in transformers) are "
+                             "left out of the default methods and refused if listed. Default: 1, the "
+                             "prompt-by-prompt run")
     parser.add_argument("--model", default="default", metavar="default|PATH",
                         help="the default SmolLM2-135M-Instruct, or a local HuggingFace model folder")
     parser.add_argument("--sweep", metavar="STRATEGY",
@@ -43,7 +65,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench-out", metavar="DIR", help="where results go (default: bench-out)")
     parser.add_argument("--time-limit", type=float, metavar="SECONDS",
                         help="start no further prompt after about SECONDS (questions run round robin over the "
-                             "categories, so a cut run still covers them all); default: no limit")
+                             "categories, so a cut run still covers them all; with several batch sizes each gets "
+                             "an equal share and no further batch starts after it); default: no limit")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -59,14 +82,18 @@ def run_bench(args: argparse.Namespace) -> int:
         raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.time_limit is not None and not args.time_limit > 0:
         raise InputError(f"--time-limit must be a number of seconds > 0, got {args.time_limit}")
-    specs, _plan = api.plan_methods(args.strategies, args.sweep, args.sweep_grid)  # typos fail before any work
+    # typos and impossible combinations fail before any work
+    specs, _plan = api.plan_methods(args.strategies, args.sweep, args.sweep_grid, args.batch_sizes)
+    api.check_batch_options(args.batch_sizes, args.multi_turn)
     path = Path(args.questions) if args.questions else qs.default_questions_path()
     chosen = qs.select(qs.read_questions(path), args.categories, args.per_category)
     folder = api.model_folder(args.model)
     tokenizer = load_tokenizer(folder)
     check_lengths(load_config(folder), args.max_new_tokens,
                   ((f"question {q.question_id} ({q.category})", chat_ids(tokenizer, q.turns[0]).shape[1]) for q in chosen))
-    print(f"{len(chosen)} questions, {len(specs)} methods: {', '.join(s.label for s in specs)}", file=sys.stderr)
+    sizes = f", batch sizes {' '.join(map(str, args.batch_sizes))}" if api.is_batch_run(args.batch_sizes) else ""
+    print(f"{len(chosen)} questions, {len(specs)} methods: {', '.join(s.label for s in specs)}{sizes}",
+          file=sys.stderr)
     print(f"loading model {args.model} ({args.dtype}) ...", file=sys.stderr)
     model, tokenizer = api.load_model(args.model, args.dtype)
     config = {"model": args.model if args.model != "default" else "default (SmolLM2-135M-Instruct)",
@@ -77,7 +104,8 @@ def run_bench(args: argparse.Namespace) -> int:
                         max_new_tokens=args.max_new_tokens, multi_turn=args.multi_turn, warmup=not args.no_warmup,
                         progress=not args.no_progress, sweep=args.sweep, sweep_grid=args.sweep_grid,
                         load_draft=lambda name: api.load_model(name, args.dtype)[0],
-                        out=args.out, command=command, config=config, time_limit=args.time_limit)
+                        out=args.out, command=command, config=config, time_limit=args.time_limit,
+                        batch_sizes=args.batch_sizes)
     if doc["config"]["interrupted"]:
         print(f"decodekit: interrupted; partial results ({doc['config']['prompts_run']} of "
               f"{doc['config']['prompts_planned']} prompts) in {args.out}/", file=sys.stderr)

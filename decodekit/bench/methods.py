@@ -7,6 +7,8 @@ A method spec is `NAME` or `NAME:KEY=VALUE,KEY=VALUE`:
 - a HuggingFace peer: `hf-greedy` (model.generate(do_sample=False)), `hf-prompt-lookup`
   (prompt_lookup_num_tokens; `hf-prompt-lookup:num_tokens=10,max_ngram=2`) and `hf-assisted`
   (assisted generation with a draft model: `hf-assisted:draft=PATH`).
+
+Every method runs one prompt (1, T) or, in a batch run, one left-padded batch (B, T) per call.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from decodekit.bench.memory import sync
 from decodekit.core.params import ParamInfo, describe, param, parse_value
-from decodekit.errors import StrategyParameterError, UnknownStrategyError
+from decodekit.errors import InputError, StrategyParameterError, UnknownStrategyError
 from decodekit.plugins.manager import get_registry
 
 REFERENCE = "hf-greedy"
@@ -49,6 +51,10 @@ HF_METHODS: Mapping[str, type] = MappingProxyType({
     "hf-prompt-lookup": HFPromptLookupParams,
     "hf-assisted": HFAssistedParams,
 })
+
+# transformers 5.x runs both through its assisted decoding, which raises "assisted generate is only
+# supported for batch_size = 1" once the batch is prepared (GenerationMixin._assisted_decoding)
+HF_BATCH_ONE_ONLY = frozenset({"hf-prompt-lookup", "hf-assisted"})
 
 
 @attrs.frozen(kw_only=True)
@@ -156,15 +162,27 @@ def parse_method(text: str) -> MethodSpec:
     return _parse_strategy(label, name, items)
 
 
-def default_method_texts() -> list[str]:
-    """hf-greedy, greedy, hf-prompt-lookup, then every registered exact strategy that needs no draft model."""
+def default_method_texts(batch_size: int = 1) -> list[str]:
+    """hf-greedy, greedy, hf-prompt-lookup, then every registered exact strategy that needs no draft model;
+    for batches (batch_size > 1) without the HF methods that run one prompt at a time."""
     registry = get_registry()
     texts = [REFERENCE, "greedy", "hf-prompt-lookup"]
     for name in registry.names():
         caps = registry.get(name).capabilities
         if caps.exact and not caps.needs_draft_model and name not in texts:
             texts.append(name)
+    if batch_size > 1:
+        texts = [t for t in texts if t not in HF_BATCH_ONE_ONLY]
     return texts
+
+
+def check_batch_size(specs: Sequence[MethodSpec], batch_size: int) -> None:
+    """Refuse, before any work, a method that cannot decode a batch of `batch_size` prompts in one call."""
+    for spec in specs:
+        if batch_size > 1 and spec.family == "hf" and spec.name in HF_BATCH_ONE_ONLY:
+            raise InputError(f"method {spec.label!r} cannot run batch size {batch_size}: transformers' assisted "
+                             f"generation (prompt lookup, assistant models) decodes batch size 1 only; drop the "
+                             f"method or use --batch-size 1")
 
 
 def parse_methods(texts: Sequence[str] | None) -> list[MethodSpec]:
@@ -261,3 +279,102 @@ def run_decodekit(spec: MethodSpec, model: Any, ids: torch.Tensor, max_new_token
 
 def runner_for(spec: MethodSpec) -> Callable[..., RunResult]:
     return run_hf if spec.family == "hf" else run_decodekit
+
+
+# -- running one batch ----------------------------------------------------------------------------
+
+
+@attrs.define(kw_only=True, eq=False)
+class Batch:
+    """Prompts left-padded to one width, as model.generate takes a batch of a decoder-only model.
+
+    input_ids (B, T): each row's prompt at the right, pad_id at its left; attention_mask (B, T): 1 on
+    the prompt's tokens, 0 on the pads.
+    """
+
+    rows: tuple[tuple[int, ...], ...] = attrs.field(converter=lambda rows: tuple(tuple(r) for r in rows))
+    pad_id: int
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+def pad_left(rows: Sequence[Sequence[int]], pad_id: int, device: Any = "cpu") -> Batch:
+    """Token-id rows -> a Batch: every row right-aligned, pads (and mask 0) at the left of shorter rows."""
+    if not rows or any(len(r) == 0 for r in rows):
+        raise InputError("a batch needs at least one row, and every row at least one token")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)  # (len,)
+        mask[i, width - len(row):] = 1
+    return Batch(rows=rows, pad_id=pad_id, input_ids=ids.to(device), attention_mask=mask.to(device))
+
+
+@attrs.frozen(kw_only=True)
+class BatchResult:
+    """One method on one batch: each row's new tokens (up to and including its first eos, never the pad
+    fill after it), the seconds of the whole call, and the target model's forward passes (None if not counted)."""
+
+    new_tokens: tuple[tuple[int, ...], ...] = attrs.field(converter=lambda rows: tuple(tuple(r) for r in rows))
+    seconds: float
+    forwards: int | None
+
+
+def eos_ids(model: Any) -> frozenset[int]:
+    """The eos ids both model.generate and decodekit.generate stop at by default: the model's generation config's."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        return frozenset()
+    return frozenset(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+
+
+def until_eos(tokens: Sequence[int], eos: frozenset[int]) -> list[int]:
+    """A row's new tokens up to and including its first eos (what it generated; the pad fill after is cut)."""
+    for i, token in enumerate(tokens):
+        if token in eos:
+            return list(tokens[:i + 1])
+    return list(tokens)
+
+
+def _row_tokens(sequences: torch.Tensor, width: int, model: Any) -> list[list[int]]:
+    new = sequences[:, width:].tolist()  # (B, new)
+    eos = eos_ids(model)
+    return [until_eos(row, eos) for row in new]
+
+
+def run_hf_batch(spec: MethodSpec, model: Any, batch: Batch, max_new_tokens: int, draft: Any = None) -> BatchResult:
+    """model.generate on a left-padded batch (B, T) with its attention mask: HF's batched decoding."""
+    counter = ForwardCounter()
+    handle = model.register_forward_pre_hook(counter, with_kwargs=True)
+    try:
+        kwargs = {**_hf_kwargs(spec, model, draft), "pad_token_id": batch.pad_id}
+        began = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(batch.input_ids, attention_mask=batch.attention_mask,
+                                 max_new_tokens=max_new_tokens, **kwargs)  # (B, T + new)
+        sync(model.device)
+        seconds = time.perf_counter() - began
+    finally:
+        handle.remove()
+    return BatchResult(new_tokens=_row_tokens(out, batch.input_ids.shape[1], model), seconds=seconds,
+                       forwards=counter.forwards)
+
+
+def run_decodekit_batch(spec: MethodSpec, model: Any, batch: Batch, max_new_tokens: int,
+                        draft: Any = None) -> BatchResult:
+    """decodekit.generate on a left-padded batch (B, T) with its attention mask, in one call."""
+    from decodekit.api import generate
+
+    extra = {"draft_model": draft} if draft is not None else {}
+    began = time.perf_counter()
+    out = generate(model, batch.input_ids, spec.name, attention_mask=batch.attention_mask, pad_token_id=batch.pad_id,
+                   max_new_tokens=max_new_tokens, **extra, **spec.params)  # sequences (B, T + new)
+    sync(model.device)
+    seconds = time.perf_counter() - began
+    return BatchResult(new_tokens=_row_tokens(out.sequences, batch.input_ids.shape[1], model), seconds=seconds,
+                       forwards=out.stats.steps)
+
+
+def batch_runner_for(spec: MethodSpec) -> Callable[..., BatchResult]:
+    return run_hf_batch if spec.family == "hf" else run_decodekit_batch

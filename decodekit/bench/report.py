@@ -1,4 +1,4 @@
-"""results.md, the terminal table and the PNG plots, all drawn from the results.json document."""
+"""results.md, the terminal table and the PNG plots, all drawn from the results.json document (a batch run's too)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ COLUMNS = (
     ("memory added (MiB)", "memory_added_mib"),
 )
 
+BATCH_COLUMNS = (
+    ("batch size", "batch_size"),
+    ("method", "method"),
+    ("prompts", "prompts"),
+    ("tokens/s", "tokens_per_second"),
+    ("vs hf-greedy", "speedup"),
+    ("mean row latency (s)", "mean_row_latency_s"),
+    ("tokens/forward", "tokens_per_forward"),
+    ("identical to hf-greedy", "identical_fraction"),
+    ("peak memory (MiB)", "peak_memory_mib"),
+)
+
 
 def _fmt(key: str, value: Any) -> str:
     if value is None:
@@ -29,6 +41,10 @@ def _fmt(key: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.1f}" if key in ("tokens_per_second", "peak_memory_mib", "memory_added_mib") else f"{value:.2f}"
     return str(value)
+
+
+def _batch_rows(doc: Mapping[str, Any]) -> list[list[str]]:
+    return [[_fmt(key, row[key]) for _, key in BATCH_COLUMNS] for row in doc["batch"]["table"]]
 
 
 def _loads(values: Sequence[float] | None) -> str:
@@ -46,9 +62,11 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 
 
 def terminal_table(doc: Mapping[str, Any]) -> str:
-    """The overall table as aligned plain text."""
-    header = [title for title, _ in COLUMNS]
-    rows = _rows(doc["summary"]["overall"])
+    """The overall table (a batch run: the batch table) as aligned plain text."""
+    if doc.get("batch") is not None:
+        header, rows = [title for title, _ in BATCH_COLUMNS], _batch_rows(doc)
+    else:
+        header, rows = [title for title, _ in COLUMNS], _rows(doc["summary"]["overall"])
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     out = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in [header, *rows]]
     out.insert(1, "  ".join("-" * width for width in widths))
@@ -80,16 +98,16 @@ def _cost_curve(curve: Mapping[str, Any]) -> str:
             f"x a one-token forward for k tokens: {ratios}")
 
 
-def markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
-    """results.md: the setup, the overall table, speedup per category, the sweep, the plots."""
+def _setup(doc: Mapping[str, Any], prompts: str) -> list[str]:
+    """results.md's title and setup lines; `prompts`: the prompts line's figure."""
     config, machine, software = doc["config"], doc["machine"], doc["software"]
-    parts = [
+    return [
         "# decodekit bench results",
         "",
         f"- command: `{' '.join(doc['command'])}`",
         f"- created (UTC): {doc['created_utc']}",
         f"- model: {config.get('model')} ({config.get('dtype')}), device {config['device']}",
-        f"- prompts: {doc['summary']['overall'][doc['methods'][0]['label']]['prompts']} "
+        f"- prompts: {prompts} "
         f"({'all turns' if config['multi_turn'] else 'first turns'}), max_new_tokens {config['max_new_tokens']}",
         f"- machine: {machine['cpu_model']}{_cpu_ids(machine)}, {machine['cpu_cores']} cores "
         f"({machine['cpu_cores_usable']} usable), torch threads {machine['torch_threads']}, load average "
@@ -101,6 +119,16 @@ def markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         f"- memory: {config['memory_method']}",
         *([f"- **cut short by {_cut_by(config)}: {config['prompts_run']} of {config['prompts_planned']} prompts ran**"]
           if config.get("prompts_run", 0) < config.get("prompts_planned", 0) else []),
+    ]
+
+
+def markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
+    """results.md: the setup, the overall table, speedup per category, the sweep, the plots (a batch run:
+    the setup, the batch table, the plot)."""
+    if doc.get("batch") is not None:
+        return batch_markdown(doc, plots)
+    parts = [
+        *_setup(doc, str(doc["summary"]["overall"][doc["methods"][0]["label"]]["prompts"])),
         "",
         "## Overall",
         "",
@@ -116,6 +144,33 @@ def markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         parts += ["## Sweep", "", f"Strategy `{sweep['strategy']}`, grid `{sweep['grid']}`: fastest configuration "
                   f"**`{sweep['fastest']}`** ({_fmt('tokens_per_second', sweep['fastest_tokens_per_second'])} "
                   f"tokens/s, {_fmt('speedup', sweep['fastest_speedup'])}).", ""]
+    for plot in plots:
+        parts += [f"![{Path(plot).stem}]({Path(plot).name})", ""]
+    return "\n".join(parts)
+
+
+def batch_markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
+    """results.md of a batch run: the setup, how batches were made, one row per (batch size, method), the plot."""
+    batch = doc["batch"]
+    cut = [f"batch size {r['batch_size']}: {r['batches_run']} of {r['batches_planned']} batches"
+           for r in batch["runs"] if r["batches_run"] < r["batches_planned"]]
+    missing = [str(size) for size in batch["batch_sizes"] if size not in {r["batch_size"] for r in batch["runs"]}]
+    parts = [
+        *_setup(doc, str(doc["config"]["prompts_planned"])),
+        f"- batches: batch sizes {', '.join(map(str, batch['batch_sizes']))}, run one after another on the same "
+        f"prompts; the prompts grouped in order (the last batch holds the remainder), each batch {batch['padding']}-"
+        f"padded with id {batch['pad_id']} and its attention mask; one call per method and batch",
+        *([f"- **not run: batch size {', '.join(missing)}**"] if missing else []),
+        *([f"- **cut: {'; '.join(cut)}**"] if cut else []),
+        "",
+        "## Batches",
+        "",
+        "tokens/s: every row's new tokens (up to its eos) / the calls' seconds; vs hf-greedy: that / hf-greedy's "
+        "tokens/s on the same batches; mean row latency: the seconds of the call that decoded a row, averaged over rows.",
+        "",
+        _markdown_table([title for title, _ in BATCH_COLUMNS], _batch_rows(doc)),
+        "",
+    ]
     for plot in plots:
         parts += [f"![{Path(plot).stem}]({Path(plot).name})", ""]
     return "\n".join(parts)
@@ -209,13 +264,47 @@ def plot_scaling(doc: Mapping[str, Any], path: Path) -> Path | None:
     return path
 
 
+def plot_batch_throughput(doc: Mapping[str, Any], path: Path) -> Path | None:
+    """Total tokens/s against batch size, one line per method (a batch run's table)."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for row in doc["batch"]["table"]:
+        lines.setdefault(row["method"], []).append((row["batch_size"], row["tokens_per_second"]))
+    sizes = sorted({row["batch_size"] for row in doc["batch"]["table"]})
+    fig, ax = plt.subplots(figsize=(8.0, 4.8))
+    for method, points in lines.items():
+        points.sort()
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=method)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sizes))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("batch size (log scale)")
+    ax.set_ylabel("total tokens/s (all rows)")
+    ax.set_title("Throughput against batch size")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    with replacing(path) as temporary:
+        fig.savefig(temporary, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
 def write_outputs(doc: Mapping[str, Any], out: Path) -> list[Path]:
     """results.json, results.md and the plots in `out`, each written whole or not at all; returns the files written."""
     import json
 
     out.mkdir(parents=True, exist_ok=True)
-    plots = [p for p in (plot_speedup(doc, out / "speedup_by_category.png"),
-                         plot_scaling(doc, out / "tokens_per_step_vs_compute.png")) if p is not None]
+    if doc.get("batch") is not None:
+        plots = [p for p in (plot_batch_throughput(doc, out / "throughput_vs_batch_size.png"),) if p is not None]
+    else:
+        plots = [p for p in (plot_speedup(doc, out / "speedup_by_category.png"),
+                             plot_scaling(doc, out / "tokens_per_step_vs_compute.png")) if p is not None]
     write_text(out / "results.json", json.dumps(doc, indent=2, default=str) + "\n")
     write_text(out / "results.md", markdown(doc, [str(p) for p in plots]))
     return [out / "results.json", out / "results.md", *plots]

@@ -12,6 +12,15 @@ Definitions (every figure is computed over the same prompts for every method):
 - identical_fraction: prompts whose new tokens equal hf-greedy's, token for token.
 - peak_memory_mib: the highest memory during any one call, model weights included; memory_added_mib:
   the most one call added over the memory before it (see decodekit.bench.memory for how; rough figures).
+
+A batch run (batch sizes other than the single default 1; see decodekit.bench.batches) has, per batch size
+and method, over the same batches for every method:
+- tokens_per_second: every row's new tokens (up to and including its eos, not the pad fill), summed over the
+  batches, / the calls' wall-clock seconds summed; speedup: that / hf-greedy's at the same batch size.
+- mean_row_latency_s: the mean over rows of the seconds of the call that decoded the row (a batch's call is
+  the latency of every row in it).
+- tokens_per_forward: new tokens of all rows / forward passes of the target model (prefills included).
+- identical_fraction: rows whose new tokens equal hf-greedy's row; peak_memory_mib, memory_added_mib as above.
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import attrs
 
+from decodekit.bench.batches import BatchBench, BatchRecord
 from decodekit.bench.memory import MIB, process_peak_rss
-from decodekit.bench.methods import REFERENCE
+from decodekit.bench.methods import REFERENCE, MethodSpec
 from decodekit.bench.runner import BenchRun, Record
 
 SCHEMA = "decodekit-bench/1"
@@ -34,6 +44,9 @@ TOP_LEVEL_KEYS = ("schema", "created_utc", "command", "machine", "software", "co
 FIGURE_KEYS = ("prompts", "new_tokens", "seconds", "tokens_per_second", "speedup", "time_ratio",
                "mean_tokens_per_forward", "tokens_computed_per_step", "identical_fraction", "peak_memory_mib",
                "memory_added_mib")
+BATCH_FIGURE_KEYS = ("batch_size", "method", "batches", "prompts", "new_tokens", "seconds", "tokens_per_second",
+                     "speedup", "mean_row_latency_s", "tokens_per_forward", "identical_fraction", "peak_memory_mib",
+                     "memory_added_mib")
 
 
 @attrs.frozen(kw_only=True)
@@ -103,6 +116,59 @@ def summarize(run: BenchRun) -> dict[str, Any]:
 
     return {"overall": table(run.records),
             "by_category": {category: table(rows) for category, rows in _by(run.records, "category").items()}}
+
+
+@attrs.frozen(kw_only=True)
+class BatchFigures:
+    """One method's figures at one batch size, over the batches that ran (None where not measured)."""
+
+    batch_size: int
+    method: str
+    batches: int
+    prompts: int
+    new_tokens: int
+    seconds: float
+    tokens_per_second: float
+    speedup: float | None
+    mean_row_latency_s: float
+    tokens_per_forward: float | None
+    identical_fraction: float
+    peak_memory_mib: float | None
+    memory_added_mib: float | None
+
+
+def batch_figures(records: Sequence[BatchRecord], reference: Sequence[BatchRecord], *, batch_size: int,
+                  method: str) -> BatchFigures:
+    """Figures of one method's batch records against hf-greedy's records on the same batches."""
+    new_tokens = sum(sum(r.new_tokens) for r in records)
+    seconds = sum(r.seconds for r in records)
+    tps = new_tokens / seconds if seconds > 0 else 0.0
+    ref_seconds = sum(r.seconds for r in reference)
+    ref_tps = sum(sum(r.new_tokens) for r in reference) / ref_seconds if ref_seconds > 0 else 0.0
+    rows = sum(len(r.new_tokens) for r in records)
+    forwards = _sum_known(r.forwards for r in records)
+    peaks = [r.peak_memory_bytes for r in records if r.peak_memory_bytes is not None]
+    added = [r.memory_added_bytes for r in records if r.memory_added_bytes is not None]
+    return BatchFigures(
+        batch_size=batch_size, method=method, batches=len(records), prompts=rows, new_tokens=new_tokens,
+        seconds=seconds, tokens_per_second=tps, speedup=_ratio(tps, ref_tps),
+        mean_row_latency_s=sum(r.seconds * len(r.new_tokens) for r in records) / rows if rows else 0.0,
+        tokens_per_forward=None if not forwards else new_tokens / forwards,
+        identical_fraction=sum(sum(r.identical) for r in records) / rows if rows else 0.0,
+        peak_memory_mib=max(peaks) / MIB if peaks else None,
+        memory_added_mib=max(added) / MIB if added else None,
+    )
+
+
+def batch_table(bench: BatchBench) -> list[dict[str, Any]]:
+    """One row per (batch size, method): batch sizes in the order they ran, methods in spec order."""
+    rows = []
+    for size_run in bench.runs:
+        by_method = _by(size_run.records, "method")
+        for spec in bench.methods:
+            rows.append(attrs.asdict(batch_figures(by_method.get(spec.label, []), by_method.get(REFERENCE, []),
+                                                   batch_size=size_run.batch_size, method=spec.label)))
+    return rows
 
 
 # -- the machine and the software -----------------------------------------------------------------
@@ -175,9 +241,9 @@ def software_info() -> dict[str, Any]:
             "decodekit": decodekit.__version__}
 
 
-def method_rows(run: BenchRun) -> list[dict[str, Any]]:
+def method_rows(specs: Sequence[MethodSpec]) -> list[dict[str, Any]]:
     return [{"label": s.label, "name": s.name, "family": s.family, "params": dict(s.params), "draft": s.draft,
-             "exact": s.exact} for s in run.methods]
+             "exact": s.exact} for s in specs]
 
 
 def document(run: BenchRun, *, command: Sequence[str], config: Mapping[str, Any],
@@ -193,11 +259,64 @@ def document(run: BenchRun, *, command: Sequence[str], config: Mapping[str, Any]
                    "device": run.device, "memory_method": run.memory_method, "reference": REFERENCE,
                    "prompts_planned": run.prompts_planned, "prompts_run": run.prompts_run,
                    "time_limit_s": run.time_limit, "interrupted": run.interrupted},
-        "methods": method_rows(run),
+        "methods": method_rows(run.methods),
         "summary": summarize(run),
         "records": [attrs.asdict(r) for r in run.records],
         "sweep": dict(sweep) if sweep is not None else None,
     }
+
+
+def batch_document(bench: BatchBench, *, command: Sequence[str], config: Mapping[str, Any],
+                   cost_curve: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The results.json document of a batch run: the same setup keys as document(), `summary` and `records`
+    null and empty (there are no per-prompt timings), and the `batch` section."""
+    ran = {r.batch_size: r for r in bench.runs}
+    return {
+        "schema": SCHEMA,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": list(command),
+        "machine": machine_info(cost_curve),
+        "software": software_info(),
+        "config": {**dict(config), "max_new_tokens": bench.max_new_tokens, "multi_turn": False,
+                   "device": bench.device, "memory_method": bench.memory_method, "reference": REFERENCE,
+                   "prompts_planned": bench.prompts_planned,
+                   "prompts_run": min(ran[s].prompts_run if s in ran else 0 for s in bench.batch_sizes),
+                   "time_limit_s": bench.time_limit, "interrupted": bench.interrupted,
+                   "batch_sizes": list(bench.batch_sizes)},
+        "methods": method_rows(bench.methods),
+        "summary": None,
+        "records": [],
+        "sweep": None,
+        "batch": {
+            "padding": "left",
+            "pad_id": bench.pad_id,
+            "batch_sizes": list(bench.batch_sizes),
+            "runs": [{"batch_size": r.batch_size, "batches_planned": r.batches_planned, "batches_run": r.batches_run,
+                      "prompts_run": r.prompts_run, "interrupted": r.interrupted} for r in bench.runs],
+            "table": batch_table(bench),
+            "records": [_as_json(record) for r in bench.runs for record in r.records],
+        },
+    }
+
+
+def _as_json(record: BatchRecord) -> dict[str, Any]:
+    """A record as results.json holds it (per-row tuples as lists), so the returned document equals the file."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.asdict(record).items()}
+
+
+def _check_batch(doc: Mapping[str, Any]) -> None:
+    batch = doc["batch"]
+    absent = [k for k in ("batch_sizes", "runs", "table", "records") if k not in batch]
+    if absent:
+        raise ValueError(f"results.json batch lacks {', '.join(absent)}")
+    rows = {(row.get("batch_size"), row.get("method")): row for row in batch["table"]}
+    for size in (r["batch_size"] for r in batch["runs"]):
+        for label in (m["label"] for m in doc["methods"]):
+            if (size, label) not in rows:
+                raise ValueError(f"batch table lacks batch size {size} / {label!r}")
+            absent = [k for k in BATCH_FIGURE_KEYS if k not in rows[(size, label)]]
+            if absent:
+                raise ValueError(f"batch table, batch size {size} / {label!r} lacks {', '.join(absent)}")
 
 
 def check_document(doc: Mapping[str, Any]) -> None:
@@ -207,6 +326,9 @@ def check_document(doc: Mapping[str, Any]) -> None:
         raise ValueError(f"results.json lacks {', '.join(missing)}")
     if doc["schema"] != SCHEMA:
         raise ValueError(f"results.json schema is {doc['schema']!r}, expected {SCHEMA!r}")
+    if doc.get("batch") is not None:
+        _check_batch(doc)
+        return
     labels = [m["label"] for m in doc["methods"]]
     for scope, table in [("overall", doc["summary"]["overall"]), *doc["summary"]["by_category"].items()]:
         for label in labels:
