@@ -373,7 +373,7 @@ def run_decodekit_batch(spec: MethodSpec, model: Any, batch: Batch, max_new_toke
     sync(model.device)
     seconds = time.perf_counter() - began
     return BatchResult(new_tokens=_row_tokens(out.sequences, batch.input_ids.shape[1], model), seconds=seconds,
-                       forwards=out.stats.steps)
+                       forwards=out.stats.forward_passes)
 
 
 def batch_runner_for(spec: MethodSpec) -> Callable[..., BatchResult]:
