@@ -10,7 +10,7 @@ from decodekit.cli import check_lengths, parse_strategy_params
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.usage = "%(prog)s PROMPT [KEY=VALUE ...] [options]"
+    parser.usage = "%(prog)s PROMPT [PROMPT ... --batch] [KEY=VALUE ...] [options]"
     parser.set_defaults(param_words="words")
     parser.add_argument("words", nargs="+", metavar="PROMPT [KEY=VALUE ...]",
                         help="the user message (it goes through the model's chat template) and strategy parameters "
@@ -21,6 +21,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     parser.add_argument("--compare", metavar="STRATEGY", help="also run STRATEGY (e.g. greedy) and report speedup and identity")
     parser.add_argument("--no-stream", action="store_true", help="print the text at the end instead of as it is accepted")
+    parser.add_argument("--batch", action="store_true",
+                        help="every PROMPT word is a prompt of its own: all of them decoded together as one left-padded "
+                             "batch, one forward per step; prints each row, the total tokens/s and the per-row latency")
     parser.add_argument("--draft-layers", type=int, metavar="K",
                         help="for strategies that need a draft model: use the model's own first K layers with its "
                              "norm and head (default: three quarters of its layers)")
@@ -29,17 +32,21 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 WARM_UP_PROMPT = 512  # tokens of the prompt the warm-up runs on
 
 
-def split_prompt(words: list[str]) -> tuple[str, list[str]]:
-    """The one prompt among the command's positional words, and the KEY=VALUE parameter words."""
+def split_prompt(words: list[str], batch: bool = False) -> tuple[list[str] | str, list[str]]:
+    """The prompt among the command's positional words (with `batch`, the list of prompts), and the KEY=VALUE
+    parameter words."""
     from decodekit.cli import is_param_word
     from decodekit.errors import InputError
 
     prompts = [w for w in words if not is_param_word(w)]
     params = [w for w in words if is_param_word(w)]
+    if batch and prompts:
+        return prompts, params
     if len(prompts) != 1:
         found = "no prompt" if not prompts else f"{len(prompts)} prompts ({', '.join(map(repr, prompts))})"
+        hint = "" if not prompts else "; to decode several prompts as one batch, add --batch"
         raise InputError(f"generate takes one PROMPT (quote it if it has spaces) and KEY=VALUE strategy parameters; "
-                         f"got {found}" + (f" beside the parameters {' '.join(params)}" if params else ""))
+                         f"got {found}" + (f" beside the parameters {' '.join(params)}" if params else "") + hint)
     return prompts[0], params
 
 
@@ -74,7 +81,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from decodekit.plugins.manager import get_registry
 
     # Everything that can be checked is checked before the model loads.
-    prompt, param_words = split_prompt(args.words)
+    prompt, param_words = split_prompt(args.words, args.batch)
     registry = get_registry()
     info = registry.get(args.strategy)
     params = parse_strategy_params(args.strategy, param_words)
@@ -90,8 +97,12 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.draft_layers is not None and not 1 <= args.draft_layers <= layer_count:
         raise InputError(f"--draft-layers must be in [1, {layer_count}] (the model's layer count), got {args.draft_layers}")
     tokenizer = backend.load_tokenizer(folder)
-    ids = decodekit.models.chat_ids(tokenizer, prompt)  # (1, T)
-    check_lengths(config, args.max_new_tokens, [("the prompt", ids.shape[1])])
+    if args.batch:
+        ids, mask = decodekit.models.chat_batch(tokenizer, prompt)  # (B, L), left-padded
+        check_lengths(config, args.max_new_tokens, [(f"prompt {i + 1}", int(n)) for i, n in enumerate(mask.sum(dim=1))])
+    else:
+        ids = decodekit.models.chat_ids(tokenizer, prompt)  # (1, T)
+        check_lengths(config, args.max_new_tokens, [("the prompt", ids.shape[1])])
 
     print(f"loading {decodekit.models.DEFAULT_MODEL} ({args.dtype}) ...", file=sys.stderr)
     model, _ = decodekit.models.load_default(args.dtype)
@@ -104,6 +115,9 @@ def run_generate(args: argparse.Namespace) -> int:
             layers = max(1, 3 * layer_count // 4)
         params["draft_model"] = truncated_draft(model, layers=layers)
         print(f"draft model: the first {layers} layers of {decodekit.models.DEFAULT_MODEL}", file=sys.stderr)
+
+    if args.batch:
+        return _generate_batch(args, model, tokenizer, ids, mask, params, param_words)
 
     # Warm-up: each strategy that will be timed runs a few tokens first, on the prompt (at most its first 512
     # tokens), so first-call costs (kernel set-up per shape, the cost model's measurement) stay out of the timing.
@@ -126,6 +140,36 @@ def run_generate(args: argparse.Namespace) -> int:
         base = decodekit.generate(model, ids, args.compare, max_new_tokens=args.max_new_tokens)
         print(f"[{args.compare}] {base.stats.summary()}", file=sys.stderr)
         print(comparison(args.compare, out, base), file=sys.stderr)
+    return 0
+
+
+def _generate_batch(args: argparse.Namespace, model: Any, tokenizer: Any, ids: Any, mask: Any, params: dict,
+                    param_words: list[str]) -> int:
+    """Several prompts as one batch: each row's text, then the batch's throughput (and the comparison's)."""
+    import decodekit
+
+    pad = decodekit.models.pad_id(tokenizer)
+    runs = [(args.strategy, params)] + ([(args.compare, {})] if args.compare else [])
+    for name, extra in runs:  # warm-up, as for one prompt
+        decodekit.generate(model, ids[:, -WARM_UP_PROMPT:], name, attention_mask=mask[:, -WARM_UP_PROMPT:],
+                           pad_token_id=pad, max_new_tokens=min(16, args.max_new_tokens), **extra)
+    outs = [decodekit.generate(model, ids, name, attention_mask=mask, pad_token_id=pad,
+                               max_new_tokens=args.max_new_tokens, **extra) for name, extra in runs]
+    out = outs[0]
+    for row in range(ids.shape[0]):
+        text = tokenizer.decode(out.sequences[row, ids.shape[1]:], skip_special_tokens=True)
+        print(f"--- prompt {row + 1} ---\n{text}")
+    label = args.strategy + (" " + " ".join(param_words) if param_words else "")
+    for (name, _), result in zip(runs, outs):
+        tag = label if result is out else name
+        print(f"[{tag}] batch of {ids.shape[0]}: {result.stats.summary()}; every row's latency "
+              f"{result.stats.seconds:.2f} s", file=sys.stderr)
+    if args.compare is not None:
+        same = [outs[0].sequences[r].tolist() == outs[1].sequences[r].tolist() for r in range(ids.shape[0])]
+        speedup = outs[0].stats.tokens_per_second / outs[1].stats.tokens_per_second
+        print(f"speedup over {args.compare} (total tokens/s): {speedup:.2f}x; rows identical: {sum(same)} of "
+              f"{len(same)}" + ("" if all(same) else f" (differing rows: {[r + 1 for r, s in enumerate(same) if not s]})"),
+              file=sys.stderr)
     return 0
 
 

@@ -361,3 +361,25 @@ def chat_ids(tokenizer: Any, prompt: str | list[dict]) -> torch.Tensor:
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     return encoded["input_ids"]  # (1, T)
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id a batch is padded with: the tokenizer's pad token, else its eos token."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise InputError("the tokenizer has neither a pad token nor an eos token to pad a batch with")
+    return int(pad)
+
+
+def chat_batch(tokenizer: Any, prompts: Iterable[str | list[dict]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Several prompts through the chat template, left-padded into one batch, as model.generate takes it.
+
+    Returns (input_ids (B, L), attention_mask (B, L)): 0 over each row's left padding.
+    """
+    from decodekit.bench.methods import pad_left
+
+    rows = [chat_ids(tokenizer, p)[0].tolist() for p in prompts]
+    if not rows:
+        raise InputError("chat_batch needs at least one prompt")
+    batch = pad_left(rows, pad_id(tokenizer))
+    return batch.input_ids, batch.attention_mask  # (B, L) each

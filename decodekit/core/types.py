@@ -51,6 +51,7 @@ class GenerationStats:
     details: Mapping[str, float] = attrs.field(factory=dict, converter=lambda d: MappingProxyType(dict(d)))
     cut_tokens: int = 0
     forwards: int | None = None  # forward passes of the target for the whole call; None: `steps` (one row)
+    rows: int = 1  # the sequences these statistics cover (the rows of a batch)
 
     @property
     def forward_passes(self) -> int:
@@ -91,24 +92,26 @@ class GenerationStats:
             details=details,
             cut_tokens=sum(p.cut_tokens for p in parts),
             forwards=forwards,
+            rows=sum(p.rows for p in parts),
         )
 
     @property
     def tokens_per_forward_step(self) -> float:
         """Tokens put through the model per step after the prefill (what a step costs)."""
-        return self.tokens_computed / (self.steps - 1) if self.steps > 1 else 0.0
+        steps = self.steps - self.rows  # every row's prefill is one of its forwards, not a step
+        return self.tokens_computed / steps if steps > 0 else 0.0
 
     def summary(self) -> str:
-        text = (f"{self.new_tokens} tokens in {self.seconds:.2f} s ({self.tokens_per_second:.1f} tokens/s), "
-                f"{self.steps} steps, {self.mean_accepted:.2f} tokens/step")
+        text = f"{self.new_tokens} tokens in {self.seconds:.2f} s ({self.tokens_per_second:.1f} tokens/s), "
+        if self.rows > 1:
+            text += f"{self.rows} rows in {self.forward_passes} forward passes; the rows' "
+        text += f"{self.steps} steps, {self.mean_accepted:.2f} tokens/step"
         if self.tokens_computed:
             text += f", {self.tokens_per_forward_step:.1f} tokens put through per step"
-        if self.forwards is not None:
-            text += f" over the rows, {self.forwards} forward passes for the batch"
-        if "window_steps" in self.details and self.steps > 1:
+        if "window_steps" in self.details and self.steps > self.rows:
             runs = self.details["window_steps"]
             width = self.details["window_columns"] / runs if runs else 0.0
-            text += f", window on {runs / (self.steps - 1):.0%} of steps (mean width {width:.1f})"
+            text += f", window on {runs / (self.steps - self.rows):.0%} of steps (mean width {width:.1f})"
         return text
 
 

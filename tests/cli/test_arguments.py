@@ -50,6 +50,15 @@ def test_one_prompt_is_required(words, says):
     assert says in str(exc.value)
 
 
+def test_several_prompts_need_batch_and_then_each_word_is_a_prompt():
+    with pytest.raises(InputError, match="to decode several prompts as one batch, add --batch"):
+        split_prompt(["Hi", "there"])
+    args = parse_args(["generate", "First prompt", "W=2", "Second one", "--batch", "--strategy", "lookahead"])
+    assert args.batch and split_prompt(args.words, args.batch) == (["First prompt", "Second one"], ["W=2"])
+    with pytest.raises(InputError, match="got no prompt"):
+        split_prompt(["W=2"], batch=True)
+
+
 @pytest.mark.parametrize("word, is_param", [
     ("W=2", True), ("max_ngram=3", True), ("top_p=0.9", True), ("x=", True),
     ("What is 2+2=?", False), ("a = b", False), ("=3", False), ("2W=1", False), ("Hi", False),
