@@ -93,6 +93,41 @@ def compare_with_greedy(model: Any, input_ids: torch.Tensor | Sequence[int], str
                       greedy=tuple(greedy.sequences[0, n:].tolist()), output=tuple(output.sequences[0, n:].tolist()))
 
 
+def compare_batch_with_greedy(model: Any, prompts: Sequence[Sequence[int]], strategy: str,
+                              params: Mapping[str, Any] | None = None, *, max_new_tokens: int = 16,
+                              eos_token_id: int | Iterable[int] | None = None, draft_model: Any = None,
+                              settings: Mapping[str, Any] | None = None, pad_token_id: int = 0) -> list[Comparison]:
+    """Decode `prompts` as one left-padded batch with `strategy`, and each prompt alone with greedy; one
+    Comparison per row (its new tokens up to where the batch pads it, against the row's own greedy run).
+
+    Arguments as compare_with_greedy's; pad_token_id pads the batch (its left padding and its pad fill).
+    """
+    import decodekit
+
+    params = dict(params or {})
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_token_id)
+    if eos_token_id is not None:
+        kwargs["eos_token_id"] = eos_token_id
+    kwargs.update(settings or {})
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_token_id] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long)  # (B, L)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)  # (B, L)
+    extra = {"draft_model": draft_model} if draft_model is not None else {}
+    batch = decodekit.generate(model, ids, strategy, attention_mask=mask, **kwargs, **extra, **params)
+    out = []
+    for row, prompt in enumerate(prompts):
+        alone = decodekit.generate(model, torch.tensor([list(prompt)]), "greedy", **kwargs)
+        greedy = alone.sequences[0, len(prompt):].tolist()
+        new = batch.sequences[row, width:].tolist()
+        # the batch pads a row that stopped early: compare its tokens up to greedy's stop, then the fill
+        fill_ok = all(t == pad_token_id for t in new[len(greedy):])
+        output = new[: len(greedy)] if fill_ok else new
+        out.append(Comparison(strategy=f"{strategy} (row {row} of {len(prompts)})", params=params,
+                              prompt_length=len(prompt), eos_token_id=eos_token_id, greedy=tuple(greedy),
+                              output=tuple(output)))
+    return out
+
+
 def check_case(strategy: str, params: Mapping[str, Any], case: GenerationCase) -> Comparison:
     """Run one drawn case; FromOutput eos choices are resolved against an eos-free greedy run first.
 
@@ -110,6 +145,11 @@ def check_case(strategy: str, params: Mapping[str, Any], case: GenerationCase) -
         free = compare_with_greedy(model, case.prompt, "greedy", max_new_tokens=case.max_new_tokens, eos_token_id=[])
         eos = eos.resolve(free.greedy)
         eos = [] if eos is None else eos
+    if case.rows:  # a batch: the first row that parts from its greedy run, else the first row
+        rows = compare_batch_with_greedy(model, [case.prompt, *case.rows], strategy, params,
+                                         max_new_tokens=case.max_new_tokens, eos_token_id=eos,
+                                         draft_model=draft_model, settings=case.settings)
+        return next((c for c in rows if not c.identical), rows[0])
     return compare_with_greedy(model, case.prompt, strategy, params, max_new_tokens=case.max_new_tokens,
                                eos_token_id=eos, draft_model=draft_model, settings=case.settings)
 
@@ -119,7 +159,8 @@ def assert_matches_greedy(strategy: str, /, *, cases: Any = None, hypothesis_set
     """Assert, over many drawn cases, that `strategy` with `params` outputs exactly what greedy does.
 
     strategy: a registered name (plugins included); params: its keyword parameters, validated first.
-    cases: a Hypothesis strategy of GenerationCase (default: decodekit.testing.strategies.generation_cases()).
+    cases: a Hypothesis strategy of GenerationCase (default: decodekit.testing.strategies.generation_cases();
+    decodekit.testing.strategies.batch_cases() decodes each prompt in a left-padded batch of up to 6 rows).
     hypothesis_settings: a hypothesis.settings (default: the loaded profile, e.g. `dev` or `ci`).
     On failure raises AssertionError naming the first differing new token, both tokens, their context,
     the model, the prompt and the eos choice (Hypothesis shrinks the case first).
@@ -143,9 +184,10 @@ def assert_matches_greedy(strategy: str, /, *, cases: Any = None, hypothesis_set
             draft = f"; draft model: {case.draft or case.model}" if uses_draft else ""
             eos = f"{case.eos!r}" + (f" = {comparison.eos_token_id!r}" if isinstance(case.eos, FromOutput) else "")
             settings = f"; settings: {dict(case.settings)}" if case.settings else ""
+            rows = f"; batched with the rows {[list(r) for r in case.rows]}" if case.rows else ""
             raise AssertionError(f"{comparison.describe()}\n  model: {case.model}{draft}; prompt ({len(case.prompt)} "
-                                 f"tokens): {list(case.prompt)}; eos: {eos}; max_new_tokens: {case.max_new_tokens}"
-                                 f"{settings}")
+                                 f"tokens): {list(case.prompt)}{rows}; eos: {eos}; max_new_tokens: "
+                                 f"{case.max_new_tokens}{settings}")
 
     if hypothesis_settings is not None:
         matches_greedy = hypothesis_settings(matches_greedy)

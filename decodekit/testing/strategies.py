@@ -73,6 +73,9 @@ class GenerationCase:
     # generation settings (GenerationConfig keywords: repetition_penalty=..., no_repeat_ngram_size=...),
     # given to both runs; logits processors then apply at every position a strategy verifies
     settings: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    # more prompts decoded in the same left-padded batch as `prompt` (batch_cases); each row must equal
+    # greedy decoding of that row alone
+    rows: tuple[tuple[int, ...], ...] = ()
 
 
 def tiny_model_configs(architectures: Sequence[str] = ARCHITECTURES, seeds: Sequence[int] = (0, 1),
@@ -185,3 +188,13 @@ def generation_cases(draw: st.DrawFn, models: st.SearchStrategy[TinyModelConfig]
         max_new_tokens=draw(max_new_tokens if max_new_tokens is not None else _MAX_NEW_TOKENS),
         settings=draw(settings) if settings is not None else {},
     )
+
+
+@st.composite
+def batch_cases(draw: st.DrawFn, models: st.SearchStrategy[TinyModelConfig] | None = None,
+                max_rows: int = 6, settings: st.SearchStrategy[dict[str, Any]] | None = None) -> GenerationCase:
+    """`generation_cases` whose prompt shares a left-padded batch with 0 to max_rows - 1 more prompts of
+    other lengths: every row must equal greedy decoding of that row alone."""
+    case = draw(generation_cases(models=models, settings=settings))
+    more = draw(st.lists(prompts(case.model.vocab_size), min_size=0, max_size=max_rows - 1))
+    return attrs.evolve(case, rows=tuple(tuple(p) for p in more))

@@ -37,6 +37,16 @@ def test_output_equals_greedy_under_logits_processors(assert_matches_greedy):
     assert_matches_greedy("prompt-lookup", cases=generation_cases(settings=generation_settings()), min_ngram=1)
 
 
+def test_every_row_of_a_padded_batch_equals_greedy(assert_matches_greedy):
+    # rows of different lengths, left-padded, through one forward per step: each equals its greedy run alone
+    from hypothesis import settings
+
+    from decodekit.testing.strategies import batch_cases
+
+    assert_matches_greedy("prompt-lookup", cases=batch_cases(), hypothesis_settings=settings(max_examples=40, deadline=None),
+                          min_ngram=1)
+
+
 # -- the lookup itself ------------------------------------------------------------------------------
 
 def test_the_longest_ngram_wins_over_a_more_recent_shorter_one():
