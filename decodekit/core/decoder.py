@@ -29,7 +29,7 @@ class DecodeState:
     """
 
     backend: HFBackend
-    kv: KVCacheManager
+    kv: Any  # the row's cache: a KVCacheManager (a step-contract strategy's own), else a RowLength (its length)
     tokens: list[int]
     prompt_length: int
     max_new_tokens: int
@@ -66,6 +66,10 @@ class DecodeState:
         whose logits are needed (the lm head then skips the others).
         Returns logits (T or K, V); the cache grows by T.
         """
+        if not isinstance(self.kv, KVCacheManager):
+            raise RuntimeError("state.forward() belongs to the pre-batching contract (a strategy overriding step); "
+                               "a strategy implementing propose/verify returns its tokens from propose and gets "
+                               "their logits in verify: decodekit's loop runs the forward")
         ids = torch.as_tensor(input_ids, dtype=torch.long)  # (T,)
         start = self.kv.length
         if layout is None:

@@ -79,6 +79,12 @@ class Speculative(Decoder):
         the drafts before it. At most `remaining` tokens can be kept and the target adds one of its own, so a
         row drafts at most remaining - 1. Draft position i of every row goes through one packed forward."""
         shared = cls.draft_cache(decoders, states)
+        for b, state in enumerate(states):
+            # The loop may have cut the last step short of what `commit` saw (a stop string in a batch whose rows
+            # decode on until every row has stopped): the draft forgets what it cached past the committed tokens.
+            # What it keeps is a prefix of them (the committed tokens, then the drafts the target accepted).
+            if shared.rows.lengths[b] > len(state.tokens) - 1:
+                shared.rows.rollback(b, len(state.tokens) - 1)
         gammas = [min(d.gamma, s.remaining - 1) for d, s in zip(decoders, states)]
         drafted = [Drafted(tokens=[], probs=None) for _ in decoders]
         probs: list[list[torch.Tensor]] = [[] for _ in decoders]
