@@ -86,6 +86,10 @@ class Speculative(Decoder):
         """d_1 .. d_gamma, each the draft's argmax (or sample) after the committed tokens and the drafts before it."""
         tokens: list[int] = []
         probs: list[torch.Tensor] = []
+        # The loop may have cut the last step short of what `commit` saw (a stop string in a batch whose rows
+        # decode on until every row has stopped): the draft forgets what it cached past the committed tokens.
+        # What it keeps is a prefix of them (the committed tokens, then the drafts the target accepted).
+        self.draft_kv.rollback(min(self.draft_kv.length, len(state.tokens) - 1))
         feed = state.tokens[self.draft_kv.length:]  # committed tokens the draft has not cached yet (pending at least)
         for _ in range(gamma):
             logits = self.draft_forward(state, feed)  # (V,)
