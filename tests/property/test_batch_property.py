@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-
-import pytest
 
 import decodekit
 from decodekit.core.costmodel import CostModel
@@ -33,6 +32,7 @@ from decodekit.plugins.manager import get_registry
 from decodekit.strategies.speculative import truncated_draft
 from decodekit.testing import strategies as dks
 from decodekit.testing.exactness import first_difference
+from tests.helpers import RowByRow
 
 EXAMPLES = 200 if settings.get_current_profile_name() == "ci" else 30
 PAD, EOS = 0, 2  # the tiny models' pad and eos ids
@@ -45,34 +45,6 @@ COSTS = {
     "flat": CostModel.flat(1.0).frozen(),  # every draft pays: wide windows, whole trees
     "steep": CostModel.linear(1.0, 1.0).frozen(),  # nothing pays: (almost) only the pending token
 }
-
-
-class RowByRow(decodekit.Decoder):
-    """An exact strategy of the pre-batching contract: it runs its own forward in `step`.
-
-    Drafts the tokens that followed the previous occurrence of the pending token (a 1-gram prompt
-    lookup), forwards [pending, *draft] as a chain, keeps the agreeing prefix and the model's next token.
-    """
-
-    name = "test-row-by-row"
-    description = "TEST: a pre-batching (step-overriding) drafting strategy"
-    capabilities = decodekit.Capabilities(exact=True)
-
-    def step(self, state):
-        tokens, size = state.tokens, min(3, state.remaining - 1)
-        draft: list[int] = []
-        for i in range(len(tokens) - 2, -1, -1):
-            if size > 0 and tokens[i] == tokens[-1]:
-                draft = tokens[i + 1: i + 1 + size]
-                break
-        start = state.kv.length
-        logits = state.forward([state.pending, *draft])  # (T, V)
-        choices = state.choose(logits, state.chain(draft)).tolist()  # (T,)
-        accepted = 0
-        while accepted < len(draft) and draft[accepted] == choices[accepted]:
-            accepted += 1
-        state.kv.rollback(start + accepted + 1)
-        return [*draft[:accepted], choices[accepted]]
 
 
 @pytest.fixture(scope="module", autouse=True)
