@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+import decodekit
+
 from decodekit.cli_verify import top2_margin  # noqa: F401  (re-exported for the real-model tests)
 from decodekit.testing.exactness import first_difference  # noqa: F401
 
@@ -67,3 +69,31 @@ def hf_greedy(model, ids: torch.Tensor, max_new_tokens: int, eos: int | list[int
             return model.generate(ids, **kwargs)
     finally:
         model.generation_config.eos_token_id = 2
+
+
+class RowByRow(decodekit.Decoder):
+    """An exact strategy of the pre-batching contract: it runs its own forward in `step`.
+
+    Drafts the tokens that followed the previous occurrence of the pending token (a 1-gram prompt
+    lookup), forwards [pending, *draft] as a chain, keeps the agreeing prefix and the model's next token.
+    """
+
+    name = "test-row-by-row"
+    description = "TEST: a pre-batching (step-overriding) drafting strategy"
+    capabilities = decodekit.Capabilities(exact=True)
+
+    def step(self, state):
+        tokens, size = state.tokens, min(3, state.remaining - 1)
+        draft: list[int] = []
+        for i in range(len(tokens) - 2, -1, -1):
+            if size > 0 and tokens[i] == tokens[-1]:
+                draft = tokens[i + 1: i + 1 + size]
+                break
+        start = state.kv.length
+        logits = state.forward([state.pending, *draft])  # (T, V)
+        choices = state.choose(logits, state.chain(draft)).tolist()  # (T,)
+        accepted = 0
+        while accepted < len(draft) and draft[accepted] == choices[accepted]:
+            accepted += 1
+        state.kv.rollback(start + accepted + 1)
+        return [*draft[:accepted], choices[accepted]]

@@ -15,6 +15,9 @@ of a chain, residual draws and bonus tokens all occur. A deliberately wrong acce
 The `-penalty` cases add repetition_penalty: the exact probabilities then apply HF's own
 RepetitionPenaltyLogitsProcessor to each prefix (prompt + the new tokens before it) before
 temperature / top-k / top-p, as model.generate does.
+The batch tests decode two different prompts in one left-padded batch: each row must follow its own
+prompt's distribution, the same seed must give the same batch, and a row's draws must not depend on
+the other row (its own stream, seeded from the call's generator).
 """
 
 from __future__ import annotations
@@ -163,8 +166,94 @@ def test_a_wrong_acceptance_rule_fails_the_same_test():
             state = DecodeState(backend=backend, kv=KVCacheManager(backend), tokens=list(PROMPT),
                                 prompt_length=len(PROMPT), max_new_tokens=L, eos_ids=frozenset(),
                                 sampler=Sampler(config=PLAIN, generator=generator), draft=draft_backend)
-            loop.run(WrongSpeculative(params), state)
+            loop.run_one(WrongSpeculative(params), state)
             rows.append(state.tokens)
     p_value = chi_square_p_value(torch.tensor(rows), exact_distribution(model, PLAIN))
     print(f"wrong rule: chi-square p = {p_value:.3g}")
     assert p_value < ALPHA, f"the wrong rule passed: chi-square p = {p_value:.2e}"
+
+
+# -- a left-padded batch of two different prompts -----------------------------------------------------
+#
+# Row 0 (PROMPT, 4 tokens) is left-padded to row 1's length (LOOKAHEAD_PROMPT, 11 tokens). One call
+# decodes N copies of that 2-row batch (2N rows, rows alternating); each row has its own stream (api
+# `_row_samplers`), so every row-0 sample must follow PROMPT's distribution and every row-1 sample
+# LOOKAHEAD_PROMPT's. The two distributions are far apart: each row's samples are also checked to be
+# rejected against the other row's, so a row sampled from the wrong prefix (or from its padding) fails.
+
+BATCH_CASES = {
+    "greedy-filtered": ("greedy", FILTERED, {}),
+    "jacobi": ("jacobi", PLAIN, {"block_size": 3}),
+    "speculative-other-draft": ("speculative", PLAIN, {"gamma": 2, "draft_model": "other"}),
+    "lookahead": ("lookahead", PLAIN, {"W": 2, "N": 3, "G": 3}),
+}
+
+
+def padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) (B, W): the prompts left-padded with 0 to the longest."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])  # (B, W)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # (B, W)
+    return ids, mask
+
+
+def sample_batch(strategy: str, ids: torch.Tensor, mask: torch.Tensor, seed: int, config: SamplingConfig,
+                 max_new_tokens: int = L, eos: list[int] | None = None, **kw) -> decodekit.GenerationOutput:
+    generator = torch.Generator().manual_seed(seed)
+    return decodekit.generate(target(), ids, strategy, attention_mask=mask, max_new_tokens=max_new_tokens,
+                              eos_token_id=eos or [], do_sample=True, generator=generator,
+                              temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+                              **resolve_draft(kw))
+
+
+def fit(samples: torch.Tensor, probs: torch.Tensor, prompt_length: int) -> float:
+    """chi_square_p_value, 0 where a sample has probability 0 under `probs`."""
+    counts = torch.bincount(cell_index(samples, prompt_length), minlength=probs.shape[0])  # (V**L,)
+    if counts[probs == 0].sum() > 0:
+        return 0.0
+    return chi_square_p_value(samples, probs, prompt_length)
+
+
+@pytest.mark.parametrize("case", list(BATCH_CASES))
+def test_each_row_of_a_padded_batch_follows_its_own_distribution(case):
+    strategy, config, kw = BATCH_CASES[case]
+    prompts = [PROMPT, LOOKAHEAD_PROMPT]
+    ids, mask = padded(prompts)
+    width = ids.shape[1]
+    result = sample_batch(strategy, ids.repeat(N, 1), mask.repeat(N, 1), 4321, config, **kw)
+    out = result.sequences  # (2N, W + L)
+    assert torch.equal(out[:, :width], ids.repeat(N, 1))
+    assert strategy in ("greedy", "jacobi") or max(result.stats.accepted_histogram) > 1, "no draft was ever accepted"
+    probs = [exact_distribution(target(), config, p) for p in prompts]
+    for row in range(2):
+        samples = out[row::2]  # (N, W + L): every copy's row `row`
+        own, other = fit(samples, probs[row], width), fit(samples, probs[1 - row], width)
+        print(f"{case} row {row}: chi-square p = {own:.3g} (against the other row's distribution {other:.3g})")
+        assert own > ALPHA, f"{case}: row {row}'s samples do not follow its prompt's distribution (p = {own:.2e})"
+        assert other < ALPHA, f"{case}: the test cannot tell row {row}'s distribution from the other row's"
+
+
+@pytest.mark.parametrize("case", list(BATCH_CASES))
+def test_a_padded_batch_is_reproducible_and_its_rows_draw_independently(case):
+    """Same seed, same batch; a row's output does not depend on the other row's prompt, length or stop;
+    two rows with the same prompt draw from different streams."""
+    strategy, config, kw = BATCH_CASES[case]
+    others = [LOOKAHEAD_PROMPT, [3], [2, 1, 1, 3, 0, 3, 1, 2, 0, 0, 1, 3, 3, 2]]  # longer, shorter, longest
+    row0: dict[tuple, set] = {}
+    for seed in range(4):
+        for eos in ([], [3]):  # with eos 3 the rows stop (and leave the forward) at different steps
+            for other in others:
+                ids, mask = padded([PROMPT, other])
+                out = sample_batch(strategy, ids, mask, seed, config, max_new_tokens=12, eos=eos, **kw).sequences
+                again = sample_batch(strategy, ids, mask, seed, config, max_new_tokens=12, eos=eos, **kw).sequences
+                assert torch.equal(out, again), f"{case}: seed {seed} gave two different batches"
+                new = out[0, ids.shape[1]:].tolist()
+                if eos and 3 in new:
+                    new = new[: new.index(3) + 1]
+                row0.setdefault((seed, tuple(eos)), set()).add(tuple(new))
+    changed = {key: outs for key, outs in row0.items() if len(outs) > 1}
+    assert not changed, f"{case}: row 0's output changed with row 1's prompt: {changed}"
+    assert len({outs.pop() for (seed, eos), outs in row0.items() if not eos}) > 1, f"{case}: every seed drew the same"
+    same = [sample_batch(strategy, *padded([PROMPT, PROMPT]), seed, config, max_new_tokens=12, **kw).sequences
+            for seed in range(4)]
+    assert any(not torch.equal(s[0], s[1]) for s in same), f"{case}: two rows with one prompt drew the same tokens"

@@ -1,0 +1,374 @@
+"""Batching's parts: the ragged cache against a naive reference, the packed mask, the loop's checks, stop strings.
+
+- RowsCache (the cache of rows decoded together) against a list of cached ids per row, through random
+  append / keep / rollback / select sequences (a RuleBasedStateMachine, as test_kvcache does for one row).
+- packed_mask / packed_positions: each row's part is the one-row mask (additive_mask) over its own
+  cached columns; a padding query sees itself only; an eager float64 forward over it stays finite.
+- The registry refuses a strategy that implements neither propose/verify nor step; the loop refuses a
+  verdict that keeps the wrong positions.
+- Stop strings in a left-padded batch, with and without eos: every strategy equals model.generate on
+  the same padded batch (a tiny tokenizer over the tiny models' vocabulary spells the tokens).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import decodekit
+from decodekit.core.backend import HFBackend
+from decodekit.core.kvcache import RowsCache
+from decodekit.core.masks import additive_mask, causal_layout, packed_mask, packed_positions, position_ids, tree_layout
+from decodekit.errors import InputError, PluginError
+from decodekit.strategies.speculative import truncated_draft
+from decodekit.testing import tiny_model
+from tests.helpers import RowByRow
+
+LAYERS, HEADS, DIM = 2, 2, 3
+LAYER_TAG = 10**6  # a cached id in layer l is stored as id + l * LAYER_TAG (so layers cannot be confused)
+
+
+def backend() -> HFBackend:
+    return HFBackend.for_model(tiny_model("llama"))
+
+
+# -- RowsCache against a naive reference -----------------------------------------------------------
+
+def append(rows: RowsCache, ids: list[list[int]]) -> None:
+    """Append T columns to every row (as a packed forward does): row b's keys/values encode ids[b]."""
+    for layer in range(LAYERS):
+        base = torch.tensor(ids, dtype=torch.float64)[:, None, :, None]  # (B, 1, T, 1)
+        keys = (base + LAYER_TAG * layer).expand(len(ids), HEADS, len(ids[0]), DIM).contiguous()  # (B, H, T, D)
+        rows.cache.update(keys, -keys, layer)
+
+
+def cached_ids(rows: RowsCache, b: int) -> list[list[int]]:
+    """Row b's first lengths[b] cached ids, per layer (checking that values mirror keys)."""
+    out = []
+    for index, layer in enumerate(rows.cache.layers):
+        keys = layer.keys[b, :, : rows.lengths[b]]  # (H, n, D)
+        assert torch.equal(layer.values[b, :, : rows.lengths[b]], -keys)
+        assert bool((keys == keys[:1, :, :1]).all()), "heads or head dims disagree"
+        out.append([int(x) - LAYER_TAG * index for x in keys[0, :, 0].tolist()])
+    return out
+
+
+class RowsCacheMachine(RuleBasedStateMachine):
+    """B rows; reference[b] is the list of ids row b has cached. A packed forward appends the same number
+    of columns to every row; `keep` then keeps a subset of each row's appended columns, after its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: RowsCache | None = None
+        self.reference: list[list[int]] = []
+        self.appended: list[list[int]] | None = None  # each row's ids in the columns of the latest append
+        self.start = 0  # the width before the latest append
+        self.next_id = 1
+
+    @precondition(lambda self: self.rows is None)
+    @rule(count=st.integers(1, 5))
+    def start_batch(self, count):
+        self.rows = RowsCache(backend(), lengths=[0] * count)
+        self.reference = [[] for _ in range(count)]
+
+    @precondition(lambda self: self.rows is not None and self.reference and self.appended is None)
+    @rule(size=st.integers(1, 6))
+    def forward(self, size):
+        self.start = self.rows.width
+        ids = [list(range(self.next_id + b * size, self.next_id + (b + 1) * size)) for b in range(len(self.reference))]
+        self.next_id += size * len(self.reference)
+        append(self.rows, ids)
+        self.appended = ids
+
+    @precondition(lambda self: self.appended is not None)
+    @rule(data=st.data())
+    def keep(self, data):
+        size = len(self.appended[0])
+        keeps = [sorted(data.draw(st.sets(st.integers(0, size - 1)), label=f"keep row {b}"))
+                 for b in range(len(self.reference))]
+        self.rows.keep(self.start, keeps)
+        for b, keep in enumerate(keeps):
+            self.reference[b] += [self.appended[b][k] for k in keep]
+        self.appended = None
+
+    @precondition(lambda self: self.appended is None and any(self.reference))
+    @rule(data=st.data())
+    def rollback(self, data):
+        b = data.draw(st.sampled_from([b for b, ids in enumerate(self.reference) if ids]), label="row")
+        length = data.draw(st.integers(0, len(self.reference[b])), label="length")
+        self.rows.rollback(b, length)
+        self.reference[b] = self.reference[b][:length]
+
+    @precondition(lambda self: self.appended is None and self.reference)
+    @rule(data=st.data())
+    def select(self, data):
+        chosen = data.draw(st.lists(st.sampled_from(range(len(self.reference))), min_size=1, unique=True),
+                           label="rows")  # a non-empty subset, in any order
+        self.rows.select(chosen)
+        self.reference = [self.reference[b] for b in chosen]
+
+    @invariant()
+    def matches_reference(self):
+        if self.rows is None:
+            return
+        assert self.rows.lengths == [len(ids) for ids in self.reference]
+        if self.appended is None:  # the cache holds the longest row's committed columns, nothing more
+            assert self.rows.width == max(len(ids) for ids in self.reference)
+        for b, ids in enumerate(self.reference):
+            assert self.rows.row(b).length == len(ids)
+            if ids:
+                assert cached_ids(self.rows, b) == [ids] * LAYERS, f"row {b}"
+
+
+TestRowsCacheMachine = RowsCacheMachine.TestCase
+TestRowsCacheMachine.settings = settings(stateful_step_count=30)
+
+
+def test_select_of_no_rows_empties_the_cache():
+    rows = RowsCache(backend(), lengths=[0, 0])
+    append(rows, [[1, 2], [3, 4]])
+    rows.keep(0, [[0, 1], [0]])
+    rows.select([])
+    assert rows.lengths == [] and rows.width == 0
+
+
+@pytest.mark.parametrize("keeps, message", [([[1, 0], [0]], "row 0: keep offsets must be increasing"),
+                                            ([[0], [0, 3]], r"row 1: keep offsets must be increasing and in \[0, 3\)")])
+def test_a_bad_keep_is_refused(keeps, message):
+    rows = RowsCache(backend(), lengths=[0, 0])
+    append(rows, [[1, 2, 3], [4, 5, 6]])
+    with pytest.raises(ValueError, match=message):
+        rows.keep(0, keeps)
+
+
+def test_rollback_past_a_rows_length_is_refused():
+    rows = RowsCache(backend(), lengths=[0, 0])
+    append(rows, [[1, 2, 3], [4, 5, 6]])
+    rows.keep(0, [[0, 1, 2], [0]])
+    with pytest.raises(ValueError, match=r"rollback length for row 1 must be in \[0, 1\], got 2"):
+        rows.rollback(1, 2)
+
+
+# -- the packed mask and positions ---------------------------------------------------------------
+
+@st.composite
+def layouts(draw, max_size: int = 6):
+    """A chain or a random tree (parents[i] < i)."""
+    size = draw(st.integers(1, max_size))
+    if draw(st.booleans()):
+        return causal_layout(size)
+    return tree_layout([-1] + [draw(st.integers(0, i - 1)) for i in range(1, size)])
+
+
+@given(layout=layouts(), cached=st.integers(0, 9))
+def test_the_packed_mask_of_one_row_is_the_one_row_mask(layout, cached):
+    mask = packed_mask([layout], [cached], cached, torch.float32)  # (1, 1, T, S + T)
+    assert torch.equal(mask, additive_mask(layout, cached, torch.float32))
+    assert torch.equal(packed_positions([layout], [cached])[0], position_ids(layout, cached))
+
+
+@given(data=st.data(), rows=st.integers(1, 5), extra=st.integers(0, 4))
+def test_each_row_of_a_packed_mask_sees_its_own_cache_and_step_and_padding_sees_itself(data, rows, extra):
+    steps = [data.draw(layouts(), label=f"layout {b}") for b in range(rows)]
+    lengths = [data.draw(st.integers(0, 8), label=f"length {b}") for b in range(rows)]
+    cached = max(lengths) + extra  # columns past a row's length: another row's, or rejected drafts
+    size = max(layout.size for layout in steps)
+    mask = packed_mask(steps, lengths, cached, torch.float64)  # (B, 1, T, S + T)
+    positions = packed_positions(steps, lengths)  # (B, T)
+    assert mask.shape == (rows, 1, size, cached + size) and positions.shape == (rows, size)
+    low = torch.finfo(torch.float64).min
+    for b, (layout, length) in enumerate(zip(steps, lengths)):
+        t = layout.size
+        own = additive_mask(layout, length, torch.float64)[0, 0]  # (t, length + t): the row alone
+        expected = torch.full((size, cached + size), low, dtype=torch.float64)  # (T, S + T)
+        expected[:t, :length] = own[:, :length]  # its committed tokens
+        expected[:t, cached: cached + t] = own[:, length:]  # its step's structure
+        for i in range(t, size):
+            expected[i, cached + i] = 0  # a padding query sees itself only
+        assert torch.equal(mask[b, 0], expected), f"row {b}"
+        assert torch.equal(positions[b, :t], position_ids(layout, length))
+        assert bool((positions[b, t:] == length).all())
+
+
+def test_an_eager_float64_packed_forward_stays_finite_and_each_row_equals_its_own_forward():
+    """Rows of different cached lengths and step sizes in one eager forward: no NaN reaches any row (a
+    padding query that saw nothing would make one), and each row's logits are its forward alone."""
+    model = tiny_model("llama", seed=1, attn="eager")
+    be = HFBackend.for_model(model)
+    prompts, steps = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]], [[20], [21, 22, 23, 24], [25, 26]]
+    rows = RowsCache(be, lengths=[0] * 3)
+    with torch.inference_mode():
+        for proposals in (prompts, steps):  # the prefill, then one step
+            chains = [causal_layout(len(p)) for p in proposals]
+            size = max(len(p) for p in proposals)
+            ids = torch.tensor([p + [p[0]] * (size - len(p)) for p in proposals])  # (B, T)
+            mask = packed_mask(chains, rows.lengths, rows.width, be.dtype)  # (B, 1, T, S + T)
+            logits = be.forward_rows(ids, packed_positions(chains, rows.lengths), rows.cache, mask)  # (B, T, V)
+            assert bool(torch.isfinite(logits).all())
+            rows.keep(rows.width - size, [range(len(p)) for p in proposals])
+        for b, (prompt, step) in enumerate(zip(prompts, steps)):
+            alone = model(torch.tensor([prompt + step])).logits[0, len(prompt):]  # (t, V)
+            assert torch.allclose(logits[b, : len(step)], alone, rtol=0, atol=1e-10), f"row {b}"
+
+
+# -- what the registry and the loop refuse ---------------------------------------------------------
+
+class Neither(decodekit.Decoder):
+    name = "test-neither"
+    capabilities = decodekit.Capabilities(exact=True)
+
+
+class ProposeOnly(Neither):
+    name = "test-propose-only"
+
+    def propose(self, state):
+        return decodekit.Proposal(tokens=[state.pending])
+
+
+@pytest.mark.parametrize("cls", [Neither, ProposeOnly])
+def test_the_registry_refuses_a_strategy_without_propose_and_verify_or_step(decodekit_register, cls):
+    with pytest.raises(PluginError, match=rf"{cls.__qualname__} must implement propose and verify \(or, the "
+                                          rf"pre-batching contract, step\)"):
+        decodekit_register(cls)
+    assert cls.name not in decodekit.list_strategies()
+
+
+def test_the_registry_takes_a_step_only_strategy_and_runs_it_row_by_row(decodekit_register):
+    decodekit_register(RowByRow)
+    assert not RowByRow.batched()
+    model = tiny_model("llama", seed=1, init=1.0)
+    ids, mask = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 7]]), torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    out = decodekit.generate(model, ids, RowByRow.name, attention_mask=mask, max_new_tokens=8, eos_token_id=[])
+    greedy = decodekit.generate(model, ids, attention_mask=mask, max_new_tokens=8, eos_token_id=[])
+    assert torch.equal(out.sequences, greedy.sequences)
+
+
+def bad_verdict(keep, tokens=1, proposed=2):
+    """A batched strategy proposing `proposed` tokens and committing `tokens` of them with the given keep."""
+
+    class Bad(decodekit.Decoder):
+        name = "test-bad-verdict"
+        capabilities = decodekit.Capabilities(exact=False)
+
+        def propose(self, state):
+            return decodekit.Proposal(tokens=[state.pending] * proposed)
+
+        def verify(self, state, proposal, logits):
+            return decodekit.Verdict(tokens=[int(logits[0].argmax())] * tokens, keep=keep)
+
+    return Bad
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("keep, tokens", [([0, 1], 1), ([0], 2), ([1], 1), ([0, 2], 2), ([1, 0], 2)])
+def test_a_verdict_that_keeps_the_wrong_positions_breaks_the_cache_invariant(decodekit_register, rows, keep, tokens):
+    decodekit_register(bad_verdict(keep, tokens))
+    ids = torch.tensor([[5, 6, 7]] * rows)
+    with pytest.raises(RuntimeError, match=r"strategy 'test-bad-verdict' broke the cache invariant: "
+                                           rf"{tokens} tokens committed, keeping proposed positions"):
+        decodekit.generate(tiny_model("llama"), ids, "test-bad-verdict", max_new_tokens=6, eos_token_id=[])
+
+
+def test_a_verdict_of_no_token_is_refused(decodekit_register):
+    decodekit_register(bad_verdict([], tokens=0))
+    with pytest.raises(RuntimeError, match="strategy 'test-bad-verdict' committed no token in a step"):
+        decodekit.generate(tiny_model("llama"), torch.tensor([[5, 6], [7, 8]]), "test-bad-verdict",
+                           max_new_tokens=6, eos_token_id=[])
+
+
+def test_a_non_contiguous_verdict_is_kept():
+    """The counterpart: keeping [0, 2] of 3 proposed tokens for 2 committed ones is allowed (a tree's path)."""
+    from decodekit.core.decoder import Proposal, Verdict
+    from decodekit.core.loop import check_verdict
+
+    assert check_verdict(Neither(None), Proposal(tokens=[1, 2, 3]), Verdict(tokens=[4, 5], keep=[0, 2])) == [0, 2]
+
+
+@pytest.mark.parametrize("mask", [[[0, 1, 0, 1]], [[1, 1, 1, 1], [0, 1, 1, 0]]])
+def test_a_hole_in_a_row_is_refused(mask):
+    ids = torch.full((len(mask), 4), 5)
+    row = len(mask) - 1
+    with pytest.raises(InputError, match=rf"attention_mask row {row} has padding after a token"):
+        decodekit.generate(tiny_model("llama"), ids, attention_mask=torch.tensor(mask), max_new_tokens=2)
+
+
+# -- stop strings in a padded batch -----------------------------------------------------------------
+
+def tiny_tokenizer(vocab_size: int = 96):
+    """A fast tokenizer for the tiny models: 0 <pad>, 1 <s>, 2 </s>, then 'e', 'f' and strings over 'abcd'
+    ('a', ..., 'dd', 'aaa', ...); decoding concatenates, so stop strings span token boundaries."""
+    from tokenizers import Tokenizer, decoders
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>", "e", "f"]
+    for n in itertools.count(1):
+        words += ["".join(letters) for letters in itertools.product("abcd", repeat=n)]
+        if len(words) >= vocab_size:
+            break
+    tokenizer = Tokenizer(BPE({w: i for i, w in enumerate(words[:vocab_size])}, merges=[]))
+    tokenizer.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 30]]
+MAX_NEW = 20
+STRATEGIES = [("greedy", {}), ("lookahead", {}), ("lookahead", {"W": 3, "N": 3, "G": 3}), ("jacobi", {"block_size": 4}),
+              ("speculative", {"gamma": 3}), ("prompt-lookup", {"min_ngram": 1}), (RowByRow.name, {})]
+
+
+def generate_without_eos(model, ids, **kwargs):
+    """model.generate with no eos at all (the generation config's cleared for the call)."""
+    config = model.generation_config
+    kept, config.eos_token_id = config.eos_token_id, None
+    try:
+        with torch.inference_mode():
+            return model.generate(ids, do_sample=False, pad_token_id=0, **kwargs)
+    finally:
+        config.eos_token_id = kept
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("eos", [None, 2], ids=["no-eos", "eos"])
+def test_stop_strings_in_a_padded_batch_equal_model_generate(decodekit_register, tokenizer, arch, eos):
+    """Without eos a row that meets a stop string decodes on until every row has (no pad fill); with eos a
+    stopped row is padded. Either way every strategy's batch equals model.generate's on the padded batch."""
+    decodekit_register(RowByRow)
+    model = tiny_model(arch, seed=1, init=1.0)  # sdpa: HF's eager float64 forward NaNs on left padding
+    width = max(len(p) for p in PROMPTS)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])  # (B, W)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in PROMPTS])  # (B, W)
+    free = generate_without_eos(model, ids, attention_mask=mask, max_new_tokens=MAX_NEW)
+    texts = [tokenizer.decode(row[width:]) for row in free]
+    stops = [texts[0][6:8], texts[2][20:23]]  # rows meet them (or others' pieces) at different steps
+    eos_kwargs = {"eos_token_id": eos}
+    if eos is None:
+        expected = generate_without_eos(model, ids, attention_mask=mask, max_new_tokens=MAX_NEW, stop_strings=stops,
+                                        tokenizer=tokenizer)
+        alone = [generate_without_eos(model, torch.tensor([p]), max_new_tokens=MAX_NEW, stop_strings=stops,
+                                      tokenizer=tokenizer).shape[1] - len(p) for p in PROMPTS]
+        # the case is only interesting when rows stop at different steps, one before the batch does
+        assert len(set(alone)) > 1 and min(alone) < expected.shape[1] - width < MAX_NEW, (alone, stops, texts)
+    else:
+        with torch.inference_mode():
+            expected = model.generate(ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False,
+                                      pad_token_id=0, eos_token_id=eos, stop_strings=stops, tokenizer=tokenizer)
+        assert bool((expected[:, width:] == 0).any()), "no row stopped early"
+    for name, params in STRATEGIES:
+        params = dict(params)
+        if name == "speculative":
+            params["draft_model"] = truncated_draft(model, layers=1)
+        with torch.inference_mode():
+            out = decodekit.generate(model, ids, name, attention_mask=mask, max_new_tokens=MAX_NEW,
+                                     stop_strings=stops, tokenizer=tokenizer, **eos_kwargs, **params)
+        assert out.sequences.tolist() == expected.tolist(), f"{name}({params}) with stop strings {stops!r}"
