@@ -217,7 +217,7 @@ def _stop_together(book: _Rows, b: int) -> bool:
     for other in list(book.active):
         if book.states[other].remaining <= 0:
             book.active.remove(other)
-    return True
+    return state.remaining <= 0  # row b may be the last to stop and still short of another row's count
 
 
 def _leave(book: _Rows, rows: RowsCache, before: list[int]) -> None:
