@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -97,3 +98,20 @@ class RowByRow(decodekit.Decoder):
             accepted += 1
         state.kv.rollback(start + accepted + 1)
         return [*draft[:accepted], choices[accepted]]
+
+
+def tiny_tokenizer(vocab_size: int = 96):
+    """A fast tokenizer for the tiny models: 0 <pad>, 1 <s>, 2 </s>, then 'e', 'f' and strings over 'abcd'
+    ('a', ..., 'dd', 'aaa', ...); decoding concatenates, so stop strings span token boundaries."""
+    from tokenizers import Tokenizer, decoders
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>", "e", "f"]
+    for n in itertools.count(1):
+        words += ["".join(letters) for letters in itertools.product("abcd", repeat=n)]
+        if len(words) >= vocab_size:
+            break
+    tokenizer = Tokenizer(BPE({w: i for i, w in enumerate(words[:vocab_size])}, merges=[]))
+    tokenizer.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>")

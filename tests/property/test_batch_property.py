@@ -12,18 +12,23 @@ truncated draft, the prompt-lookup plugin, or a strategy of the pre-batching con
 The reference of each row is HF's `model.generate(do_sample=False)` on that row alone, without
 padding: one eos-free run, cut after its first eos (what greedy decoding with that eos emits). The
 batch's layout must be model.generate's: each row as given (its left padding kept), its new tokens,
-then the pad id up to the longest row; HF's own padded batch must give the same tensor (with sdpa attention:
-HF's eager attention turns a float64 left-padded batch into NaNs, see the test).
+then the pad id up to the longest row; HF's own padded batch must give the same tensor (with sdpa
+attention: HF's eager attention turns a float64 left-padded batch into NaNs, see the test).
 At least 200 examples under the ci profile.
+
+A second property adds stop strings (pieces of the rows' own continuations, spelt by a tiny tokenizer),
+with eos (a stopped row is padded) and without (a row that met one decodes on until every row has):
+every strategy's batch equals model.generate's on the same padded batch. 150 examples under ci.
 """
 
 from __future__ import annotations
 
 import functools
 
+import attrs
 import pytest
 import torch
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 import decodekit
@@ -32,9 +37,10 @@ from decodekit.plugins.manager import get_registry
 from decodekit.strategies.speculative import truncated_draft
 from decodekit.testing import strategies as dks
 from decodekit.testing.exactness import first_difference
-from tests.helpers import RowByRow
+from tests.helpers import RowByRow, tiny_tokenizer
 
 EXAMPLES = 200 if settings.get_current_profile_name() == "ci" else 30
+STOP_EXAMPLES = 150 if settings.get_current_profile_name() == "ci" else 20
 PAD, EOS = 0, 2  # the tiny models' pad and eos ids
 
 MODELS = dks.tiny_model_configs(architectures=("llama", "qwen2", "gpt2"), seeds=(0, 1), inits=(0.3, 1.0),
@@ -74,7 +80,8 @@ STRATEGIES = st.one_of(
     st.just(("lookahead", {"W": 3, "N": 3, "G": 3})),
     st.fixed_dictionaries({"block_size": st.integers(1, 6), "max_iterations": st.integers(1, 6)})
     .map(lambda p: ("jacobi", p)),
-    st.fixed_dictionaries({"gamma": st.integers(1, 5), "adaptive": st.booleans()}).map(lambda p: ("speculative", p)),
+    st.fixed_dictionaries({"gamma": st.integers(1, 5), "adaptive": st.booleans(),
+                           "draft": st.sampled_from(["first-layer", "itself"])}).map(lambda p: ("speculative", p)),
     st.fixed_dictionaries({"max_ngram": st.integers(2, 4), "min_ngram": st.integers(1, 2),
                            "num_pred_tokens": st.integers(1, 10), "plan": st.booleans()})
     .map(lambda p: ("prompt-lookup", p)),
@@ -83,9 +90,9 @@ STRATEGIES = st.one_of(
 
 
 @st.composite
-def batches(draw):
+def batches(draw, rows=st.integers(1, 6), max_new_tokens=st.one_of(st.integers(1, 4), st.integers(8, 24))):
     config = draw(MODELS)
-    rows = draw(st.integers(1, 6))
+    rows = draw(rows)
     prompts = [draw(dks.prompts(config.vocab_size, max_size=16)) for _ in range(rows)]
     width = max(len(p) for p in prompts)
     # what sits under the left padding: the pad id, or any token (the mask must hide it either way)
@@ -99,7 +106,20 @@ def batches(draw):
     eos = draw(st.one_of(st.just("model"), st.just("none"), st.integers(0, 200)))
     strategy, params = draw(STRATEGIES)
     return dict(config=config, prompts=prompts, ids=ids, mask=mask, eos=eos, strategy=strategy, params=params,
-                max_new_tokens=draw(st.one_of(st.integers(1, 4), st.integers(8, 24))))
+                max_new_tokens=draw(max_new_tokens))
+
+
+def strategy_params(case) -> dict:
+    """The drawn parameters as generate() keywords: the cost model and the draft model resolved."""
+    params = dict(case["params"])
+    if "cost" in params:
+        cost = COSTS[params.pop("cost")]
+        if cost is not None:  # None: the tiny models' own cost
+            params["cost_model"] = cost
+    if "draft" in params:  # speculative: the target's first layer (some drafts accepted) or itself (all)
+        draft = params.pop("draft")
+        params["draft_model"] = first_layer_draft(case["config"]) if draft == "first-layer" else case["config"].build()
+    return params
 
 
 def hf_generate(model, ids, mask, max_new_tokens, eos):
@@ -142,15 +162,8 @@ def test_every_row_of_a_batch_equals_hf_greedy_on_the_row_alone(case):
     expected = [cut_after_eos(f, eos) for f in free]  # HF greedy with that eos, each row alone
     note(f"{case['config']}; eos {eos}; row references {expected}")
 
-    params = dict(case["params"])
-    if "cost" in params:
-        params["cost_model"] = COSTS[params.pop("cost")]
-        if params["cost_model"] is None:
-            del params["cost_model"]
-    if case["strategy"] == "speculative":
-        params["draft_model"] = first_layer_draft(case["config"])
     out = decodekit.generate(model, ids, case["strategy"], attention_mask=mask, max_new_tokens=max_new, **kwargs,
-                             **params)
+                             **strategy_params(case))
     label = f"{case['strategy']}({case['params']})"
 
     got = out.sequences
@@ -172,3 +185,54 @@ def test_every_row_of_a_batch_equals_hf_greedy_on_the_row_alone(case):
         return
     hf = hf_generate(model, ids, mask, max_new, eos)
     assert torch.equal(got, hf), f"{label}: differs from model.generate on the padded batch: {got.tolist()} vs {hf.tolist()}"
+
+
+# -- stop strings ------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def tokenizer_for(vocab_size: int):
+    return tiny_tokenizer(vocab_size)
+
+
+@st.composite
+def stop_batches(draw):
+    case = draw(batches(rows=st.integers(2, 6), max_new_tokens=st.integers(8, 24)))
+    # sdpa only: the reference is HF's padded batch (its eager float64 forward NaNs on left padding)
+    case["config"] = attrs.evolve(case["config"], attn="sdpa")
+    case["eos"] = draw(st.sampled_from(["none", "none", "none", "model"]))  # mostly none: rows then run together
+    # each stop string: a piece (row, first character, length) of a row's own stop-free continuation
+    case["stops"] = draw(st.lists(st.tuples(st.integers(0, 5), st.floats(0, 0.7), st.integers(2, 5)),
+                                  min_size=1, max_size=2))
+    return case
+
+
+@settings(max_examples=STOP_EXAMPLES, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=stop_batches())
+def test_stop_strings_in_a_batch_equal_model_generate_on_the_padded_batch(case):
+    model = case["config"].build()
+    tokenizer = tokenizer_for(case["config"].vocab_size)
+    ids, mask, max_new = case["ids"], case["mask"], case["max_new_tokens"]
+    width = ids.shape[1]
+    free = hf_generate(model, ids, mask, max_new, [])
+    texts = [tokenizer.decode(row[width:]) for row in free]
+    pieces = [(texts[r % len(texts)], at, size) for r, at, size in case["stops"]]
+    stops = sorted({text[int(at * len(text)):][:size] for text, at, size in pieces} - {""})
+    if not stops:
+        stops = ["a"]
+    eos = [EOS] if case["eos"] == "model" else []
+    config = model.generation_config
+    kept, config.eos_token_id = config.eos_token_id, eos or None
+    try:
+        with torch.inference_mode():
+            expected = model.generate(ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False, pad_token_id=PAD,
+                                      eos_token_id=eos or None, stop_strings=stops, tokenizer=tokenizer)
+    finally:
+        config.eos_token_id = kept
+    note(f"{case['config']}; eos {eos}; stop strings {stops}; continuations {texts}; expected {expected.tolist()}")
+    out = decodekit.generate(model, ids, case["strategy"], attention_mask=mask, max_new_tokens=max_new,
+                             eos_token_id=eos or None, stop_strings=stops, tokenizer=tokenizer, **strategy_params(case))
+    event(f"eos {bool(eos)}: " + ("a stop fell inside a multi-token step" if out.stats.cut_tokens else "no stop inside a step"))
+    event(f"eos {bool(eos)}: " + ("the batch stopped before max_new_tokens" if expected.shape[1] - width < max_new
+                                  else "the batch ran to max_new_tokens"))
+    assert torch.equal(out.sequences, expected), (f"{case['strategy']}({case['params']}) with stop strings {stops}: "
+                                                  f"{out.sequences.tolist()} vs model.generate {expected.tolist()}")

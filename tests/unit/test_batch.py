@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -27,7 +25,7 @@ from decodekit.core.masks import additive_mask, causal_layout, packed_mask, pack
 from decodekit.errors import InputError, PluginError
 from decodekit.strategies.speculative import truncated_draft
 from decodekit.testing import tiny_model
-from tests.helpers import RowByRow
+from tests.helpers import RowByRow, tiny_tokenizer
 
 LAYERS, HEADS, DIM = 2, 2, 3
 LAYER_TAG = 10**6  # a cached id in layer l is stored as id + l * LAYER_TAG (so layers cannot be confused)
@@ -299,23 +297,6 @@ def test_a_hole_in_a_row_is_refused(mask):
 
 # -- stop strings in a padded batch -----------------------------------------------------------------
 
-def tiny_tokenizer(vocab_size: int = 96):
-    """A fast tokenizer for the tiny models: 0 <pad>, 1 <s>, 2 </s>, then 'e', 'f' and strings over 'abcd'
-    ('a', ..., 'dd', 'aaa', ...); decoding concatenates, so stop strings span token boundaries."""
-    from tokenizers import Tokenizer, decoders
-    from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["<pad>", "<s>", "</s>", "e", "f"]
-    for n in itertools.count(1):
-        words += ["".join(letters) for letters in itertools.product("abcd", repeat=n)]
-        if len(words) >= vocab_size:
-            break
-    tokenizer = Tokenizer(BPE({w: i for i, w in enumerate(words[:vocab_size])}, merges=[]))
-    tokenizer.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-
-
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 30]]
 MAX_NEW = 20
 STRATEGIES = [("greedy", {}), ("lookahead", {}), ("lookahead", {"W": 3, "N": 3, "G": 3}), ("jacobi", {"block_size": 4}),
@@ -372,3 +353,17 @@ def test_stop_strings_in_a_padded_batch_equal_model_generate(decodekit_register,
             out = decodekit.generate(model, ids, name, attention_mask=mask, max_new_tokens=MAX_NEW,
                                      stop_strings=stops, tokenizer=tokenizer, **eos_kwargs, **params)
         assert out.sequences.tolist() == expected.tolist(), f"{name}({params}) with stop strings {stops!r}"
+
+
+def test_the_last_row_to_meet_a_stop_string_decodes_on_to_the_longest_rows_count(tokenizer):
+    """Without eos, row 2 meets "ab" after 13 tokens, in the step where row 1, a multi-token step ahead,
+    has reached max_new_tokens (14): every row has now stopped, the batch ends at 14 new tokens, and row
+    2 still owes one (model.generate gives every row 14). A regression: the loop took row 2 as done."""
+    model = tiny_model("qwen2", seed=1, init=0.3)
+    ids, mask = torch.tensor([[0, 0, 4], [3, 3, 3], [0, 0, 3]]), torch.tensor([[0, 0, 1], [1, 1, 1], [0, 0, 1]])
+    expected = generate_without_eos(model, ids, attention_mask=mask, max_new_tokens=14, stop_strings=["ab"],
+                                    tokenizer=tokenizer)
+    assert expected.shape[1] == 3 + 14 and int(expected[2, -1]) != 0
+    out = decodekit.generate(model, ids, "lookahead", attention_mask=mask, max_new_tokens=14, eos_token_id=None,
+                             stop_strings=["ab"], tokenizer=tokenizer, W=1, N=2, G=1)
+    assert out.sequences.tolist() == expected.tolist()
