@@ -203,22 +203,25 @@ def _commit_row(book: _Rows, b: int, proposed: list[int], on_step: StepCallback 
             book.active.remove(b)
         return []
     tokens, done = cut_at_stop(state, proposed)
-    commit(state, tokens, book.histograms[b], on_step)
     if done and not pad_finished and len(book.states) > 1:
-        done = _stop_together(book, b)
+        # the row decodes on until every row has stopped: its step is not cut, only its stop count noted
+        stop_count = len(state.tokens) - state.prompt_length + len(tokens)
+        tokens = list(proposed)[: state.remaining]
+        commit(state, tokens, book.histograms[b], on_step)
+        done = _stop_together(book, b, stop_count)
+    else:
+        commit(state, tokens, book.histograms[b], on_step)
     if done and b in book.active:
         book.active.remove(b)
     return tokens
 
 
-def _stop_together(book: _Rows, b: int) -> bool:
-    """No eos criterion: a row that met a stop decodes on until every row has; then all stop at the last one's count.
-
-    Returns whether row b is done now.
+def _stop_together(book: _Rows, b: int, stop_count: int) -> bool:
+    """No eos criterion: a row that met a stop (after `stop_count` new tokens) decodes on until every row has;
+    then every row ends with as many new tokens as the one that stopped last. Returns whether row b is done now.
     """
     state = book.states[b]
-    made = len(state.tokens) - state.prompt_length
-    book.stopped.setdefault(b, made)
+    book.stopped.setdefault(b, stop_count)
     state.stop_checks = ()
     if len(book.stopped) < len(book.states):
         return state.remaining <= 0
