@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
+import attrs
 import torch
 
 from decodekit.core.backend import HFBackend
@@ -119,16 +120,18 @@ def timed_step(states: Sequence[DecodeState], rows: RowsCache, proposals: Sequen
 
 # -- the loop over a batch ----------------------------------------------------------------------------
 
+@attrs.define(eq=False)
 class _Rows:
-    """The bookkeeping of the rows still decoding: their states, strategies, histograms and cut counts."""
+    """The bookkeeping of a batch: the rows' states and strategies, histograms and cut counts, which rows are active."""
 
-    def __init__(self, decoders: Sequence[Decoder], states: Sequence[DecodeState]) -> None:
-        self.decoders, self.states = list(decoders), list(states)
-        self.histograms: list[dict[int, int]] = [{} for _ in states]
-        self.cut = [0] * len(states)
-        self.active = list(range(len(states)))  # indices of the rows in the cache, in cache order
-        self.stopped: dict[int, int] = {}  # run together: row -> new tokens where it first stopped
-        self.forwards = 1  # packed forwards of the target, the prefill's included
+    decoders: list[Decoder]
+    states: list[DecodeState]
+    histograms: list[dict[int, int]] = attrs.Factory(lambda self: [{} for _ in self.states], takes_self=True)
+    cut: list[int] = attrs.Factory(lambda self: [0] * len(self.states), takes_self=True)
+    # indices of the rows still decoding, in the order of their rows in the cache
+    active: list[int] = attrs.Factory(lambda self: list(range(len(self.states))), takes_self=True)
+    stopped: dict[int, int] = attrs.Factory(dict)  # no eos criterion: row -> new tokens where it first stopped
+    forwards: int = 1  # packed forwards of the target, the prefill's included
 
 
 def prefill(states: Sequence[DecodeState], rows: RowsCache) -> list[int]:
@@ -153,7 +156,7 @@ def run(decoders: Sequence[Decoder], states: Sequence[DecodeState], rows: RowsCa
     number of forwards the batch took (the prefill's included).
     """
     began = time.perf_counter()
-    book = _Rows(decoders, states)
+    book = _Rows(list(decoders), list(states))
     firsts = prefill(states, rows)
     for b, first in enumerate(firsts):
         _commit_row(book, b, [first], on_step, pad_finished)
