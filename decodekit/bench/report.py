@@ -196,6 +196,18 @@ def _cut_by(config: Mapping[str, Any]) -> str:
     return f"--time-limit {config['time_limit_s']:.0f} s"
 
 
+def _save(fig: Any, ax: Any, path: Path) -> Path:
+    """The legend beside the axes, then the figure written whole (or not at all) to `path`, and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    with replacing(path) as temporary:
+        fig.savefig(temporary, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
 def plot_speedup(doc: Mapping[str, Any], path: Path) -> Path | None:
     """Grouped bars: speedup over hf-greedy per category (and overall), one bar per method."""
     plt = _pyplot()
@@ -217,12 +229,7 @@ def plot_speedup(doc: Mapping[str, Any], path: Path) -> Path | None:
     ax.set_ylabel("speedup over hf-greedy (tokens/s ratio)")
     ax.set_title("Speedup per category")
     ax.margins(y=0.15)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    with replacing(path) as temporary:
-        fig.savefig(temporary, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_scaling(doc: Mapping[str, Any], path: Path) -> Path | None:
@@ -256,12 +263,7 @@ def plot_scaling(doc: Mapping[str, Any], path: Path) -> Path | None:
     ax.set_xlabel("tokens computed per step (log scale)")
     ax.set_ylabel("tokens per forward pass (mean accepted)")
     ax.set_title("Tokens per step against compute per step")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    with replacing(path) as temporary:
-        fig.savefig(temporary, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_batch_throughput(doc: Mapping[str, Any], path: Path) -> Path | None:
@@ -287,12 +289,7 @@ def plot_batch_throughput(doc: Mapping[str, Any], path: Path) -> Path | None:
     ax.set_ylabel("total tokens/s (all rows)")
     ax.set_title("Throughput against batch size")
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    with replacing(path) as temporary:
-        fig.savefig(temporary, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def write_outputs(doc: Mapping[str, Any], out: Path) -> list[Path]:

@@ -246,15 +246,22 @@ def method_rows(specs: Sequence[MethodSpec]) -> list[dict[str, Any]]:
              "exact": s.exact} for s in specs]
 
 
-def document(run: BenchRun, *, command: Sequence[str], config: Mapping[str, Any],
-             sweep: Mapping[str, Any] | None = None, cost_curve: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The whole results.json document (cost_curve: see cost_curve(), recorded under machine)."""
+def _setup(command: Sequence[str], cost_curve: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keys every results.json opens with: schema, when, the command, the machine and the software."""
     return {
         "schema": SCHEMA,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": list(command),
         "machine": machine_info(cost_curve),
         "software": software_info(),
+    }
+
+
+def document(run: BenchRun, *, command: Sequence[str], config: Mapping[str, Any],
+             sweep: Mapping[str, Any] | None = None, cost_curve: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The whole results.json document (cost_curve: see cost_curve(), recorded under machine)."""
+    return {
+        **_setup(command, cost_curve),
         "config": {**dict(config), "max_new_tokens": run.max_new_tokens, "multi_turn": run.multi_turn,
                    "device": run.device, "memory_method": run.memory_method, "reference": REFERENCE,
                    "prompts_planned": run.prompts_planned, "prompts_run": run.prompts_run,
@@ -272,11 +279,7 @@ def batch_document(bench: BatchBench, *, command: Sequence[str], config: Mapping
     null and empty (there are no per-prompt timings), and the `batch` section."""
     ran = {r.batch_size: r for r in bench.runs}
     return {
-        "schema": SCHEMA,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": list(command),
-        "machine": machine_info(cost_curve),
-        "software": software_info(),
+        **_setup(command, cost_curve),
         "config": {**dict(config), "max_new_tokens": bench.max_new_tokens, "multi_turn": False,
                    "device": bench.device, "memory_method": bench.memory_method, "reference": REFERENCE,
                    "prompts_planned": bench.prompts_planned,
