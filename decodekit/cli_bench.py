@@ -7,26 +7,22 @@ import sys
 from pathlib import Path
 
 
-def _per_category(text: str) -> int | None:
-    if text == "all":
-        return None
+def _positive_int(text: str, allowed: str = "an integer >= 1") -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1 or 'all', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1 or 'all', got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
     return value
+
+
+def _per_category(text: str) -> int | None:
+    return None if text == "all" else _positive_int(text, "an integer >= 1 or 'all'")
 
 
 def _batch_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
+    return _positive_int(text)
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
