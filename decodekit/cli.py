@@ -8,12 +8,13 @@ and exit status 130, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import re
 import signal
 import sys
 import threading
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 # Each subcommand NAME lives in a module with `add_NAME_arguments(parser)` and `run_NAME(args) -> int`.
 SUBCOMMANDS = {
@@ -75,11 +76,30 @@ class _Interrupt:
     asks this flag rather than trusting the exception's type."""
 
     seen = False
+    held = False  # while True a SIGINT is only noted, and acted on when the holding block ends
 
     @classmethod
     def handler(cls, signum: int, frame: Any) -> None:
         cls.seen = True
-        raise KeyboardInterrupt
+        if not cls.held:
+            raise KeyboardInterrupt
+
+    @classmethod
+    @contextlib.contextmanager
+    def held_back(cls) -> Iterator[None]:
+        """Note a Ctrl-C inside the block and raise it only when the block ends.
+
+        For native code that runs Python: torch's import initialises its C++ extensions, which import
+        Python modules through pybind11, and a KeyboardInterrupt raised in one of those cannot cross
+        the C++ frames: the process aborts (SIGABRT, "terminate called after throwing ...").
+        """
+        cls.held = True
+        try:
+            yield
+        finally:
+            cls.held = False
+        if cls.seen:
+            raise KeyboardInterrupt
 
 
 def _interrupted() -> int:
@@ -95,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from decodekit.errors import DecodekitError
 
+        with _Interrupt.held_back():
+            import torch  # noqa: F401  (every command needs it; imported here, where a Ctrl-C waits for it)
         args = parse_args(words)
         args.argv = words  # the exact command, for reports
         return int(args.handler(args) or 0)

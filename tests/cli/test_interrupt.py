@@ -1,0 +1,27 @@
+"""Ctrl-C inside torch's import: noted, and acted on once the import is done (the real-model timing
+tests are in tests/realmodel/test_cli_faults.py)."""
+
+import builtins
+import signal
+
+from decodekit.cli import INTERRUPTED, main
+
+
+def test_a_ctrl_c_while_torch_imports_waits_for_the_import_then_ends_the_run(monkeypatch, capsys):
+    # torch's import runs Python from C++ (pybind11); a KeyboardInterrupt raised there aborts the
+    # process with SIGABRT, so the handler must not raise until the import has returned.
+    real_import = builtins.__import__
+    events: list[str] = []
+
+    def importing(name, *args, **kwargs):
+        if name == "torch" and not events:
+            events.append("SIGINT")
+            signal.raise_signal(signal.SIGINT)  # Python runs the handler here, inside the import
+            events.append("the import went on")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", importing)
+    assert main(["strategies"]) == INTERRUPTED
+    assert events == ["SIGINT", "the import went on"]
+    assert capsys.readouterr().err == "decodekit: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # main put the handler back
