@@ -11,11 +11,13 @@ import attrs
 import torch
 
 from decodekit.core import loop
+from decodekit.core import ranks as ranks_sync
 from decodekit.core.backend import generation as hf_generation
 from decodekit.core.backend import HFBackend
 from decodekit.core.decoder import DecodeState
 from decodekit.core.costmodel import PackedCost
 from decodekit.core.kvcache import KVCacheManager, RowsCache
+from decodekit.core.ranks import Ranks
 from decodekit.core.registry import StrategyInfo
 from decodekit.core.sampling import Sampler
 from decodekit.core.types import GenerationOutput, GenerationStats
@@ -111,16 +113,26 @@ def prompt_rows(ids: torch.Tensor, attention_mask: Any) -> list[list[int]]:
     return rows
 
 
-def _make_sampler(settings: hf_generation.GenerationSettings, info: StrategyInfo, generator: Any) -> Sampler | None:
+def _make_sampler(settings: hf_generation.GenerationSettings, info: StrategyInfo, generator: Any,
+                  ranks: Ranks | None = None) -> Sampler | None:
+    """The sampler of a do_sample call. On a model sharded over several ranks every rank must draw the same
+    tokens: a generator seeded from the OS takes rank 0's seed; a given generator must hold the same state on
+    every rank (seeded alike), which is checked."""
     if generator is not None and not isinstance(generator, torch.Generator):
         raise InputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if not settings.do_sample:
         return None
     if not info.capabilities.supports_sampling:
         raise InputError(f"strategy {info.name!r} does not support do_sample=True (it decodes greedily only)")
-    if generator is None:  # no global RNG: a private generator, seeded from the OS
+    if generator is None:  # no global RNG: a private generator, seeded from the OS (rank 0's seed on every rank)
         generator = torch.Generator()
-        generator.seed()
+        seed = generator.seed()
+        if ranks is not None:
+            generator.manual_seed(ranks.agree(seed))
+    elif ranks is not None:
+        ranks_sync.confirm_same(ranks, "generator=", ranks_sync.tensor_digest(generator.get_state()),
+                                "seed the generator identically on every rank (torch.Generator().manual_seed(s) "
+                                "with the same s), so that every rank samples the same tokens")
     return Sampler(config=settings.sampling, generator=generator)
 
 
@@ -224,7 +236,7 @@ def _decode_rows(backend: HFBackend, ids: torch.Tensor, prompts: list[list[int]]
     longest = max(len(p) for p in prompts)
     backend.check_length(longest + settings.max_new_tokens,
                          f"prompt length {longest} + max_new_tokens {settings.max_new_tokens}")
-    samplers = _row_samplers(_make_sampler(settings, info, generator), len(prompts))
+    samplers = _row_samplers(_make_sampler(settings, info, generator, backend.ranks), len(prompts))
     draft = _draft_backend(info, draft_model, backend)
     cost = PackedCost(target=backend.model, model=cost_model)
 

@@ -1,4 +1,5 @@
-"""The errors decodekit raises. Every one is raised before any forward pass and names what to fix."""
+"""The errors decodekit raises. Every one names what to fix; all but RankMismatchError (which a decode over
+several ranks raises when they part) are raised before any forward pass."""
 
 from __future__ import annotations
 
@@ -36,3 +37,8 @@ class ModelNotInstalledError(DecodekitError, ImportError):
 
 class ModelCacheError(DecodekitError):
     """The default model's cache folder cannot be written, so a missing or damaged conversion cannot be redone."""
+
+
+class RankMismatchError(DecodekitError):
+    """The ranks sharing a sharded model (tensor parallelism) did not make the same decision: the step, the row
+    and the ranks are named. Raised on every rank at once, instead of going on with parted caches or hanging."""

@@ -307,13 +307,19 @@ def _longest(backend: Any) -> int | None:
     return min(limits) if limits else None
 
 
+def _same(value: Any) -> Any:
+    """A decision as this process made it (one rank; `Ranks.agree` on several)."""
+    return value
+
+
 def _rounds(bench: _Bench, sizes: Sequence[int], repeats: int, rng: random.Random,
-            deadline: float) -> tuple[dict[int, float], int]:
+            deadline: float, agree: Any = _same) -> tuple[dict[int, float], int]:
     """(median seconds per size, rounds run) over up to `repeats` rounds, each in a shuffled order; after
-    the first round, no round starts past `deadline` (a machine slower than estimated ends near the budget)."""
+    the first round, no round starts past `deadline` (a machine slower than estimated ends near the budget).
+    `agree` makes that decision rank 0's on a sharded model, whose ranks must run the same forwards."""
     times: dict[int, list[float]] = {k: [] for k in sizes}
     done = 0
-    while done < repeats and not (done and time.perf_counter() > deadline):
+    while done < repeats and not (done and agree(time.perf_counter() > deadline)):
         order = list(sizes)
         rng.shuffle(order)
         for k in order:
@@ -331,6 +337,10 @@ def measure(model: Any, *, cached: int = 256, tokens: Sequence[int] = DEFAULT_TO
     `repeats` times in shuffled orders; the median is kept. A slow model gets fewer counts (at least
     four), then fewer repeats. Then the cache grows to a second length (twice `cached`, within what the
     model attends over) and 1 and 16 tokens are timed again: how the cost grows with the cache.
+
+    A model sharded over several ranks runs each forward on all of them: every decision that depends on a
+    clock (which counts, how many rounds) is rank 0's, and so is the curve returned, so that every rank
+    plans its steps alike.
     """
     from decodekit.core.backend import HFBackend
 
@@ -345,6 +355,7 @@ def measure(model: Any, *, cached: int = 256, tokens: Sequence[int] = DEFAULT_TO
         raise InputError(f"measure: budget_s must be a number of seconds > 0, got {budget_s}")
     backend = HFBackend.for_model(model)
     backend.check_length(cached + sizes[-1], f"measure: cached {cached} + the largest token count {sizes[-1]}")
+    agree = backend.ranks.agree if backend.ranks is not None else _same
     load_before = _load_average()
     began = time.perf_counter()
     with torch.inference_mode():
@@ -355,14 +366,14 @@ def measure(model: Any, *, cached: int = 256, tokens: Sequence[int] = DEFAULT_TO
         second = 2 * cached if longest is None else min(2 * cached, longest - SECOND_TOKENS)
         second_cost = 0.0 if second <= cached else 1.5 * (prefill + repeats * (estimate(1) + estimate(SECOND_TOKENS)))
         left = budget_s - (time.perf_counter() - began) - second_cost
-        chosen, rounds = plan(sizes, repeats, estimate, left)
+        chosen, rounds = agree(plan(sizes, repeats, estimate, left))
         rng = random.Random(0)
-        medians, rounds = _rounds(bench, chosen, rounds, rng, deadline=began + budget_s)
+        medians, rounds = _rounds(bench, chosen, rounds, rng, deadline=began + budget_s, agree=agree)
         per_cached, per_cached_token, at_second = 0.0, 0.0, {}
         if second > cached:
             k2 = min(chosen[1:] or chosen, key=lambda k: abs(k - SECOND_TOKENS))
             bench.fill(second)
-            at_second, _ = _rounds(bench, sorted({1, k2}), rounds, rng, deadline=began + budget_s)
+            at_second, _ = _rounds(bench, sorted({1, k2}), rounds, rng, deadline=began + budget_s, agree=agree)
             per_cached, per_cached_token = _cache_slopes(medians, at_second, k2, second - cached)
     info = {
         "measured_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -371,8 +382,8 @@ def measure(model: Any, *, cached: int = 256, tokens: Sequence[int] = DEFAULT_TO
         "second_points": [[k, s] for k, s in sorted(at_second.items())],
         "torch_threads": torch.get_num_threads(), "load_average": load_before, "load_average_after": _load_average(),
     }
-    return CostModel(points=medians, reference_cached=cached, per_cached=per_cached,
-                     per_cached_token=per_cached_token, info=info)
+    return agree(CostModel(points=medians, reference_cached=cached, per_cached=per_cached,
+                           per_cached_token=per_cached_token, info=info))
 
 
 def _load_average() -> list[float] | None:
@@ -465,19 +476,29 @@ def save(cost: CostModel, key: Mapping[str, Any]) -> Path | None:
 def cost_model_for(model: Any) -> CostModel:
     """The cost model of `model` on this machine: memoised per model object, else read from the disk
     cache, else measured (a few seconds) and saved. Its online corrections are shared by every user of
-    the same model object in this process."""
+    the same model object in this process.
+
+    A model sharded over several ranks: rank 0 reads the file, every rank measures together if it has
+    none (measure() returns rank 0's curve on every rank), rank 0 saves it."""
+    from decodekit.core.backend import model_ranks
+
     key = cost_key(model)
     name = cost_path(key).name
     memo = _MEMO.setdefault(model, {})
     if name not in memo:
         path = cost_path(key)
-        cost = _read(path, key)  # a damaged file is reported there
+        ranks = model_ranks(model)
+        first = ranks is None or ranks.rank == 0
+        cost = _read(path, key) if first else None  # a damaged file is reported there
+        if ranks is not None:
+            cost = ranks.agree(cost)
         if cost is None:
-            if not path.exists():
+            if first and not path.exists():
                 print("decodekit: measuring what a forward of this model costs on this machine (once per model, "
                       "dtype and thread count; a few seconds) ...", file=sys.stderr, flush=True)
             cost = measure(model)
-            save(cost, key)
+            if first:
+                save(cost, key)
         memo[name] = cost
     return memo[name]
 
@@ -489,9 +510,12 @@ def use_cost_model(model: Any, cost: CostModel) -> None:
 
 def calibrate(model: Any, **measure_kwargs: Any) -> tuple[CostModel, Path | None]:
     """Measure again whatever is cached (on disk and in memory); (the model, where it was saved or None)."""
+    from decodekit.core.backend import model_ranks
+
     key = cost_key(model)
-    cost = measure(model, **measure_kwargs)
-    path = save(cost, key)
+    cost = measure(model, **measure_kwargs)  # rank 0's curve on every rank of a sharded model
+    ranks = model_ranks(model)
+    path = save(cost, key) if ranks is None or ranks.rank == 0 else None
     _MEMO.setdefault(model, {})[cost_path(key).name] = cost
     return cost, path
 

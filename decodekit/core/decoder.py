@@ -86,7 +86,9 @@ class DecodeState:
         began = time.perf_counter()
         logits = self.backend.forward(ids, positions, self.kv.cache, mask, logits_to_keep)
         observe = getattr(self.cost, "observe", None)
-        if observe is not None and self.forwards > 1:  # every step's forward refines the cost model
+        # every step's forward refines the cost model; on several ranks (whose timings differ, and whose
+        # plans must not) only the loop's steps do, with rank 0's timing
+        if observe is not None and self.forwards > 1 and self.backend.ranks is None:
             observe(int(ids.shape[0]), start, time.perf_counter() - began)
         return logits
 

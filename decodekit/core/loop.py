@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import attrs
 import torch
 
+from decodekit.core import ranks as ranks_sync
 from decodekit.core.backend import HFBackend
 from decodekit.core.decoder import Decoder, DecodeState, Proposal, Verdict
 from decodekit.core.kvcache import RowsCache
@@ -103,19 +104,35 @@ def forward_packed(backend: HFBackend, rows: RowsCache, proposals: Sequence[Prop
     return [logits[b, [where[i] for i in want]] for b, want in enumerate(wanted)]  # each (K_b, V)
 
 
-def timed_step(states: Sequence[DecodeState], rows: RowsCache, proposals: Sequence[Proposal],
-               cost: object | None) -> list[torch.Tensor]:
-    """`forward_packed` as a step of the target: counted in each row's statistics and timed for the cost model."""
+def timed_step(states: Sequence[DecodeState], rows: RowsCache,
+               proposals: Sequence[Proposal]) -> tuple[list[torch.Tensor], float]:
+    """`forward_packed` as a step of the target: counted in each row's statistics; (logits, wall seconds)."""
     began = time.perf_counter()
-    lengths = list(rows.lengths)
     logits = forward_packed(states[0].backend, rows, proposals)
+    seconds = time.perf_counter() - began
     for state, proposal in zip(states, proposals):
         state.forwards += 1
         state.tokens_computed += len(proposal.tokens)
-    if cost is not None:  # every step's forward refines the cost model: what the packed forward put through
+    return logits, seconds
+
+
+def observe_step(cost: object | None, proposals: Sequence[Proposal], lengths: Sequence[int], seconds: float) -> None:
+    """Every step's forward refines the cost model: what the packed forward put through, after `lengths` cached."""
+    if cost is not None:
         size = max(len(p.tokens) for p in proposals)
-        cost.observe(len(proposals) * size, round(sum(lengths) / len(lengths)), time.perf_counter() - began)
-    return logits
+        cost.observe(len(proposals) * size, round(sum(lengths) / len(lengths)), seconds)
+
+
+def confirm_proposals(states: Sequence[DecodeState], step: int, active: Sequence[int],
+                      proposals: Sequence[Proposal]) -> None:
+    """On a model sharded over several ranks: every rank puts the same proposals through this step's forward."""
+    ranks = states[0].backend.ranks
+    if ranks is not None:
+        digests = []
+        for p in proposals:
+            layout = p.step_layout()
+            digests.append(ranks_sync.proposals_digest(p.tokens, p.outputs, layout.offsets, layout.visible))
+        ranks_sync.confirm_proposals(ranks, step, active, digests)
 
 
 # -- the loop over a batch ----------------------------------------------------------------------------
@@ -137,11 +154,14 @@ class _Rows:
 def prefill(states: Sequence[DecodeState], rows: RowsCache) -> list[int]:
     """Cache every row's whole prompt in one forward; the first new token of each row from its last logits."""
     proposals = [Proposal(tokens=list(s.tokens), outputs=[len(s.tokens) - 1]) for s in states]
+    confirm_proposals(states, 0, range(len(states)), proposals)  # the prompts are the same on every rank
     logits = forward_packed(states[0].backend, rows, proposals)
     for state in states:
         state.forwards += 1  # a forward, but not a step: its tokens are not a step's cost
     rows.keep(0, [range(len(p.tokens)) for p in proposals])
-    return [int(state.choose(row[-1])) for state, row in zip(states, logits)]
+    firsts = [int(state.choose(row[-1])) for state, row in zip(states, logits)]
+    ranks_sync.confirm_commits(states[0].backend.ranks, 0, range(len(states)), [[t] for t in firsts], 0.0)
+    return firsts
 
 
 def run(decoders: Sequence[Decoder], states: Sequence[DecodeState], rows: RowsCache,
@@ -178,7 +198,10 @@ def _step(book: _Rows, rows: RowsCache, on_step: StepCallback | None, cost: obje
         cost.rows = len(active)  # what each row's planner weighs its tokens at: the packed forward
     decoders, states = [book.decoders[b] for b in active], [book.states[b] for b in active]
     proposals = type(decoders[0]).propose_rows(decoders, states)
-    logits = timed_step(states, rows, proposals, cost)
+    step = book.forwards  # the prefill was step 0
+    confirm_proposals(states, step, active, proposals)
+    lengths = list(rows.lengths)
+    logits, seconds = timed_step(states, rows, proposals)
     book.forwards += 1
     start = rows.width - max(len(p.tokens) for p in proposals)
     keeps, verdicts = [], []
@@ -187,13 +210,18 @@ def _step(book: _Rows, rows: RowsCache, on_step: StepCallback | None, cost: obje
         keeps.append(check_verdict(book.decoders[b], proposal, verdict))
         verdicts.append(verdict)
     rows.keep(start, keeps)
+    committed = []
     for i, (b, verdict) in enumerate(zip(active, verdicts)):
         state = book.states[b]
         before = len(state.tokens)
         tokens = _commit_row(book, b, verdict.tokens, on_step, pad_finished)
+        committed.append(tokens)
         if len(tokens) < len(verdict.tokens):
             rows.rollback(i, before - 1 + len(tokens))
             book.cut[b] += len(verdict.tokens) - len(tokens)
+    # on several ranks: the same tokens everywhere, and rank 0's timing for every rank's cost model
+    seconds = ranks_sync.confirm_commits(states[0].backend.ranks, step, active, committed, seconds)
+    observe_step(cost, proposals, lengths, seconds)
     _leave(book, rows, active)
 
 
@@ -256,6 +284,7 @@ def run_one(decoder: Decoder, state: DecodeState, on_step: StepCallback | None =
     cut = 0
     logits = state.forward(state.tokens, layout=None, logits_to_keep=1)  # (1, V): the prefill
     first, done = cut_at_stop(state, [int(state.choose(logits[-1]))])
+    ranks_sync.confirm_commits(state.backend.ranks, 0, [0], [first], 0.0)
     commit(state, first, histogram, on_step)
     if not done:
         decoder.start(state)
@@ -272,5 +301,6 @@ def run_one(decoder: Decoder, state: DecodeState, on_step: StepCallback | None =
         if len(tokens) < len(proposed):
             state.kv.rollback(before - 1 + len(tokens))
             cut += len(proposed) - len(tokens)
+        ranks_sync.confirm_commits(state.backend.ranks, state.forwards - 1, [0], [tokens], 0.0)
         commit(state, tokens, histogram, on_step)
     return row_stats(state, decoder, histogram, time.perf_counter() - began, cut)

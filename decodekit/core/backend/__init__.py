@@ -9,6 +9,12 @@ additive attention mask, the cache) and reads logits, and it is where models are
 live here and nowhere else:
 - the cache keyword: `cache=` in recent releases, `past_key_values=` in earlier ones;
 - `Cache.crop`: recent releases take a negative count of tokens to remove, earlier ones the length to keep.
+
+A tensor-parallel model (`from_pretrained(..., distributed_config=DistributedConfig(tp_size=N))` under
+torchrun) is driven the same way: its weights are DTensors, but its forward takes and returns plain
+tensors and its cache holds each rank's own heads as plain tensors, so cropping, compacting and moving
+cache columns act on every rank's slice alike. What the backend adds is `ranks`: the process group whose
+ranks run the forward together, which must make every decision alike (decodekit.core.ranks).
 """
 
 from __future__ import annotations
@@ -21,9 +27,42 @@ import attrs
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GgufConfig, PreTrainedModel
 
+from decodekit.core.ranks import Ranks, shared_ranks
 from decodekit.errors import InputError, ModelNotSupportedError
 
 _MASKABLE_ATTENTION = ("eager", "sdpa")
+
+
+def _device_mesh(model: Any) -> Any:
+    """The device mesh a sharded model's weights live on (transformers' own, else a DTensor weight's); None
+    for a model every rank holds whole."""
+    mesh = getattr(model, "_device_mesh", None)
+    if mesh is not None:
+        return mesh
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return next((p.device_mesh for p in model.parameters() if isinstance(p, DTensor)), None)
+
+
+def model_ranks(model: Any, role: str = "model") -> Ranks | None:
+    """The ranks that run `model`'s forward together: None unless it is sharded over more than one rank.
+
+    Every rank of the model's device mesh takes part in each forward, so all of them decide together: the
+    mesh's own group when it has one dimension, the world when it spans every rank.
+    """
+    mesh = _device_mesh(model)
+    if mesh is None or mesh.size() <= 1 or not torch.distributed.is_initialized():
+        return None
+    if mesh.ndim == 1:
+        return shared_ranks(mesh.get_group())
+    if mesh.size() == torch.distributed.get_world_size():
+        return shared_ranks(None)
+    raise ModelNotSupportedError(
+        f"{role} is sharded over a {mesh.ndim}-dimensional device mesh of {mesh.size()} ranks "
+        f"(dimensions {mesh.mesh_dim_names}) out of {torch.distributed.get_world_size()}; decodekit decodes "
+        f"a model sharded over one mesh dimension, or over every rank of the world")
 
 
 def _forward_parameters(model: Any) -> set[str]:
@@ -75,6 +114,7 @@ class HFBackend:
     cache_keyword: str
     limits: "LengthLimits"
     vocab_size: int
+    ranks: Ranks | None = None  # the ranks that run each forward together (a tensor-parallel model), else None
 
     @classmethod
     def for_model(cls, model: Any, role: str = "model") -> "HFBackend":
@@ -108,7 +148,8 @@ class HFBackend:
         head = model.get_output_embeddings()
         # out_features also covers heads whose weight is not a tensor attribute (torch's dynamic int8 Linear)
         vocab = getattr(head, "out_features", None) or (head.weight.shape[0] if head is not None else text.vocab_size)
-        return cls(model=model, cache_keyword=keyword, limits=LengthLimits.of(config), vocab_size=int(vocab))
+        return cls(model=model, cache_keyword=keyword, limits=LengthLimits.of(config), vocab_size=int(vocab),
+                   ranks=model_ranks(model, role))
 
     @property
     def max_positions(self) -> int | None:
@@ -241,8 +282,12 @@ def cost_identity(model: Any) -> dict[str, Any]:
     fields = {name: getattr(text, name, None) for name in _COST_FIELDS}
     fields = {name: value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
               for name, value in fields.items()}
-    return {"class": type(model).__name__, "attention": getattr(model.config, "_attn_implementation", None),
-            **fields, "dtype": str(model.dtype).replace("torch.", ""), "device": str(model.device)}
+    identity = {"class": type(model).__name__, "attention": getattr(model.config, "_attn_implementation", None),
+                **fields, "dtype": str(model.dtype).replace("torch.", ""), "device": str(model.device)}
+    ranks = model_ranks(model)
+    if ranks is not None:  # a sharded forward costs what its slices and collectives cost
+        identity["ranks"] = ranks.size
+    return identity
 
 
 def is_hf_model(obj: Any) -> bool:
