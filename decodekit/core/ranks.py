@@ -125,7 +125,7 @@ def _confirm_rows(ranks: Ranks, step: int, what: str, rows: Sequence[int], per_r
         if bad:
             raise RankMismatchError(f"step {step}: the ranks disagree on {what} of row {rows[i]}: "
                                     f"rank(s) {bad} differ from rank 0 (the ranks' decisions have parted: "
-                                    f"every rank must see the same prompts, settings, processors and generator)")
+                                    f"every rank must be given the same prompts, settings, processors, generator and cost_model)")
     raise RankMismatchError(f"step {step}: the ranks disagree on {what} (rank(s) {differ} differ from rank 0)")
 
 

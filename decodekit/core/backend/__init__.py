@@ -339,9 +339,9 @@ def _tensor_parallel_keywords(tp_size: int) -> dict[str, Any]:
     return {"distributed_config": DistributedConfig(tp_size=tp_size)}
 
 
-def load_pretrained(folder: str | Path, dtype: torch.dtype, attn_implementation: str = "sdpa",
-                    tp_size: int | None = None) -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer) from a local HuggingFace model folder; nothing is fetched.
+def load_model(folder: str | Path, dtype: torch.dtype, attn_implementation: str = "sdpa",
+               tp_size: int | None = None) -> Any:
+    """The causal LM of a local HuggingFace model folder, in eval mode; nothing is fetched.
 
     tp_size=N (N > 1, under torchrun with N ranks and torch.distributed initialised): every rank loads its
     slice of the weights, sharded by transformers' own tensor-parallel plan for the architecture.
@@ -350,7 +350,13 @@ def load_pretrained(folder: str | Path, dtype: torch.dtype, attn_implementation:
     extra = {} if tp_size is None else _tensor_parallel_keywords(tp_size)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, attn_implementation=attn_implementation,
                                                  local_files_only=True, **extra)
-    return model.eval(), load_tokenizer(folder)
+    return model.eval()
+
+
+def load_pretrained(folder: str | Path, dtype: torch.dtype, attn_implementation: str = "sdpa",
+                    tp_size: int | None = None) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) from a local HuggingFace model folder (load_model: tp_size shards it)."""
+    return load_model(folder, dtype, attn_implementation, tp_size), load_tokenizer(folder)
 
 
 def load_gguf_dense(path: Path) -> tuple[Any, Any]:
