@@ -21,8 +21,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from decodekit.core.backend import check_tp_size, load_model
-from decodekit.errors import InputError
+from decodekit.core.backend import check_shardable, check_tp_size, config_for, load_model, shardable_sizes
+from decodekit.errors import InputError, ModelNotSupportedError
 from decodekit.strategies.speculative import truncated_draft
 from decodekit.testing import tiny_model
 
@@ -184,3 +184,14 @@ def test_tp_size_must_equal_the_world_size(tmp_path):
             check_tp_size(2)
     finally:
         dist.destroy_process_group()
+
+
+def test_a_model_whose_heads_do_not_split_over_the_ranks_is_refused_before_loading():
+    """SmolLM2-135M's shape: 9 heads and 3 key-value heads shard over 3 ranks, not 2 (a head would be split)."""
+    config = config_for("llama", hidden_size=576, num_attention_heads=9, num_key_value_heads=3)
+    assert shardable_sizes(config) == [1, 3]
+    check_shardable(config, 3)
+    with pytest.raises(ModelNotSupportedError, match=r"9 attention heads and 3 key-value heads, which tensor "
+                                                     r"parallelism cannot split over 2 ranks; allowed tp_size "
+                                                     r"\(rank counts\): 1, 3"):
+        check_shardable(config, 2)

@@ -46,6 +46,30 @@ def _device_mesh(model: Any) -> Any:
     return next((p.device_mesh for p in model.parameters() if isinstance(p, DTensor)), None)
 
 
+def shardable_sizes(config: Any) -> list[int]:
+    """The rank counts a model's attention splits over evenly (tensor parallelism gives each rank whole heads):
+    the common divisors of its attention heads and key-value heads."""
+    text = config.get_text_config(decoder=True)
+    heads = getattr(text, "num_attention_heads", None)
+    if not isinstance(heads, int):
+        return []
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    return [n for n in range(1, heads + 1) if heads % n == 0 and kv % n == 0]
+
+
+def check_shardable(config: Any, ranks: int, role: str = "model") -> None:
+    """Refuse to shard (or drive) a model over `ranks` ranks that would split an attention head between ranks:
+    transformers' plan shards q/k/v by rows, so the forward would fail in a reshape, or worse."""
+    sizes = shardable_sizes(config)
+    if sizes and ranks not in sizes:
+        text = config.get_text_config(decoder=True)
+        raise ModelNotSupportedError(
+            f"{role} has {text.num_attention_heads} attention heads and "
+            f"{getattr(text, 'num_key_value_heads', None) or text.num_attention_heads} key-value heads, which "
+            f"tensor parallelism cannot split over {ranks} ranks; allowed tp_size (rank counts): "
+            f"{', '.join(map(str, sizes))}")
+
+
 def model_ranks(model: Any, role: str = "model") -> Ranks | None:
     """The ranks that run `model`'s forward together: None unless it is sharded over more than one rank.
 
@@ -148,8 +172,11 @@ class HFBackend:
         head = model.get_output_embeddings()
         # out_features also covers heads whose weight is not a tensor attribute (torch's dynamic int8 Linear)
         vocab = getattr(head, "out_features", None) or (head.weight.shape[0] if head is not None else text.vocab_size)
+        ranks = model_ranks(model, role)
+        if ranks is not None:
+            check_shardable(config, ranks.size, role)
         return cls(model=model, cache_keyword=keyword, limits=LengthLimits.of(config), vocab_size=int(vocab),
-                   ranks=model_ranks(model, role))
+                   ranks=ranks)
 
     @property
     def max_positions(self) -> int | None:
@@ -347,7 +374,10 @@ def load_model(folder: str | Path, dtype: torch.dtype, attn_implementation: str 
     slice of the weights, sharded by transformers' own tensor-parallel plan for the architecture.
     """
     tp_size = check_tp_size(tp_size)
-    extra = {} if tp_size is None else _tensor_parallel_keywords(tp_size)
+    extra = {}
+    if tp_size is not None:
+        check_shardable(load_config(folder), tp_size, role=f"the model in {folder}")
+        extra = _tensor_parallel_keywords(tp_size)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, attn_implementation=attn_implementation,
                                                  local_files_only=True, **extra)
     return model.eval()
