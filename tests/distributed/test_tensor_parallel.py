@@ -61,10 +61,10 @@ def _save_models(folder: Path) -> None:
     (folder / "cases.json").write_text(json.dumps(CASES))
 
 
-def _launch(models: Path, out: Path, cache: Path) -> None:
-    """torchrun with RANKS ranks on tp_ranks.py; the whole process group is killed if it outlives the timeout."""
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={RANKS}", "--nnodes=1",
-               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(SCRIPT), str(models), str(out)]
+def launch(script: Path, nproc: int, args: list[str], cache: Path) -> None:
+    """torchrun with `nproc` ranks on `script`; the whole process group is killed if it outlives the timeout."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DECODEKIT_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -85,7 +85,7 @@ def ranks(tmp_path_factory):
     models, out = root / "models", root / "out"
     out.mkdir()
     _save_models(models)
-    _launch(models, out, root / "cache")
+    launch(SCRIPT, RANKS, [str(models), str(out)], root / "cache")
     reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(RANKS)]
     return reports, _hf_greedy(models)
 
