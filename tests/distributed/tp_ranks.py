@@ -4,7 +4,8 @@
 
 MODELS holds `target` and `draft` (tiny model folders) and `cases.json` (the prompts and settings); each
 rank loads the target sharded over every rank (decodekit's load_pretrained with tp_size), decodes every case
-with every exact strategy, samples with seeded generators, then makes the ranks disagree on purpose three
+with every exact strategy (and a step-contract test strategy, and lookahead through model.generate's
+custom_generate), samples with seeded generators, then makes the ranks disagree on purpose three
 ways, and writes what it got to OUT/rank<r>.json. A case that raises is recorded (type and message), not
 fatal, so that one run reports everything; the test decides what is right.
 """
@@ -22,16 +23,23 @@ import torch.distributed as dist
 
 import decodekit
 from decodekit.core.backend import load_model
+from decodekit.plugins.manager import get_registry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tests.helpers
+from tests.helpers import RowByRow  # noqa: E402  (a strategy of the pre-batching contract: its own forward)
 
 DTYPE = torch.float64
 
 
 def outcome(call):
-    """{"sequences": ...} or {"error": type, "message": ...}: what a generate call gave on this rank."""
+    """{"sequences": ...} or {"error": type, "message": ...}: what a generate call gave on this rank
+    (a GenerationOutput, or model.generate's sequences tensor)."""
     try:
         out = call()
     except Exception as exc:  # recorded for the test to judge
         return {"error": type(exc).__name__, "message": str(exc)}
+    if isinstance(out, torch.Tensor):
+        return {"sequences": out.tolist()}
     return {"sequences": out.sequences.tolist(), "steps": out.stats.steps}
 
 
@@ -46,6 +54,7 @@ def exact_runs(model, draft, sharded_draft):
         "speculative-whole-draft": ("speculative", dict(draft_model=draft, gamma=3)),
         "speculative-sharded-draft": ("speculative", dict(draft_model=sharded_draft, gamma=3)),
         "prompt-lookup": ("prompt-lookup", {}),
+        "row-by-row": (RowByRow.name, {}),
     }
 
 
@@ -56,6 +65,9 @@ def decode_exact(model, draft, sharded_draft, cases):
         for run_name, (strategy, params) in exact_runs(model, draft, sharded_draft).items():
             results[f"{case_name}/{run_name}"] = outcome(lambda: decodekit.generate(
                 model, ids, strategy, attention_mask=mask, **case["settings"], **params))
+        results[f"{case_name}/hf-generate-lookahead"] = outcome(lambda: model.generate(
+            ids, attention_mask=mask, do_sample=False, custom_generate=decodekit.hf_generate, strategy="lookahead",
+            W=4, N=4, G=4, **case["settings"]))
     return results
 
 
@@ -114,6 +126,7 @@ def main(models: Path, out: Path) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
     cases = json.loads((models / "cases.json").read_text())
+    get_registry().register(RowByRow)
     model = load_model(models / "target", DTYPE, tp_size=world)
     sharded_draft = load_model(models / "draft", DTYPE, tp_size=world)
     draft = load_model(models / "draft", DTYPE)
