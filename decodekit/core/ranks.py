@@ -49,6 +49,12 @@ def tensor_digest(t: torch.Tensor) -> int:
     return digest([*t.shape, int((flat * weights).sum())])
 
 
+def collective_device_type(backend: str) -> str:
+    """Where a collective's tensors must live for a process-group backend: nccl takes CUDA tensors only;
+    gloo, and a mixed "cpu:gloo,cuda:nccl" group, take CPU tensors."""
+    return "cuda" if backend == "nccl" else "cpu"
+
+
 @attrs.frozen(kw_only=True)
 class Ranks:
     """The process group of the ranks that run a sharded model's forward together (world size > 1)."""
@@ -56,10 +62,13 @@ class Ranks:
     group: Any  # a torch.distributed ProcessGroup; None: the default (world) group
     rank: int
     size: int
+    device: torch.device = torch.device("cpu")  # where the checks' small tensors live (the group's backend)
 
     @classmethod
     def of(cls, group: Any = None) -> "Ranks":
-        return cls(group=group, rank=dist.get_rank(group), size=dist.get_world_size(group))
+        kind = collective_device_type(str(dist.get_backend(group)))
+        device = torch.device("cuda", torch.cuda.current_device()) if kind == "cuda" else torch.device("cpu")
+        return cls(group=group, rank=dist.get_rank(group), size=dist.get_world_size(group), device=device)
 
     @property
     def first(self) -> int:
@@ -69,12 +78,12 @@ class Ranks:
     def agree(self, value: Any) -> Any:
         """Rank 0's `value` on every rank (a picklable object: a seed, a cost model, a decision)."""
         box = [value]
-        dist.broadcast_object_list(box, src=self.first, group=self.group)
+        dist.broadcast_object_list(box, src=self.first, group=self.group, device=self.device)
         return box[0]
 
     def gather(self, values: Sequence[int]) -> list[list[int]]:
         """Every rank's `values` (the same count on every rank), by rank."""
-        mine = torch.tensor(list(values), dtype=torch.long)  # (n,)
+        mine = torch.tensor(list(values), dtype=torch.long, device=self.device)  # (n,)
         every = [torch.empty_like(mine) for _ in range(self.size)]  # size x (n,)
         dist.all_gather(every, mine, group=self.group)
         return [t.tolist() for t in every]

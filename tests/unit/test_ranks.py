@@ -88,3 +88,9 @@ def test_proposals_digest_covers_tokens_outputs_and_layout():
     assert base != ranks_sync.proposals_digest([1, 2, 3], [2], chain.offsets, chain.visible)
     assert base != ranks_sync.proposals_digest([1, 2, 3], None, chain.offsets, tree_visible)
     assert base != ranks_sync.proposals_digest([1, 2, 3], None, torch.tensor([0, 1, 1]), chain.visible)
+
+
+def test_collectives_run_on_the_device_the_backend_takes():
+    assert ranks_sync.collective_device_type("nccl") == "cuda"
+    assert ranks_sync.collective_device_type("gloo") == "cpu"
+    assert ranks_sync.collective_device_type("cpu:gloo,cuda:nccl") == "cpu"
