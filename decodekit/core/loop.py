@@ -128,10 +128,9 @@ def confirm_proposals(states: Sequence[DecodeState], step: int, active: Sequence
     """On a model sharded over several ranks: every rank puts the same proposals through this step's forward."""
     ranks = states[0].backend.ranks
     if ranks is not None:
-        digests = []
-        for p in proposals:
-            layout = p.step_layout()
-            digests.append(ranks_sync.proposals_digest(p.tokens, p.outputs, layout.offsets, layout.visible))
+        digests = [ranks_sync.proposals_digest(p.tokens, p.outputs) if p.layout is None else
+                   ranks_sync.proposals_digest(p.tokens, p.outputs, p.layout.offsets, p.layout.visible)
+                   for p in proposals]
         ranks_sync.confirm_proposals(ranks, step, active, digests)
 
 

@@ -138,10 +138,12 @@ def _confirm_rows(ranks: Ranks, step: int, what: str, rows: Sequence[int], per_r
     raise RankMismatchError(f"step {step}: the ranks disagree on {what} (rank(s) {differ} differ from rank 0)")
 
 
-def proposals_digest(tokens: Sequence[int], outputs: Sequence[int] | None, offsets: torch.Tensor,
-                     visible: torch.Tensor) -> int:
-    """What a row puts through the forward: its tokens, the logits it asks for, its layout."""
-    return digest([digest(tokens), digest(outputs or [], seed=1), tensor_digest(offsets), tensor_digest(visible)])
+def proposals_digest(tokens: Sequence[int], outputs: Sequence[int] | None, offsets: torch.Tensor | None = None,
+                     visible: torch.Tensor | None = None) -> int:
+    """What a row puts through the forward: its tokens, the logits it asks for, its layout (None: a chain, which
+    its length sets; a prefill's (T, T) chain is not built just to be checked)."""
+    layout = [] if offsets is None else [tensor_digest(offsets), tensor_digest(visible)]
+    return digest([digest(tokens), digest(outputs or [], seed=1), *layout])
 
 
 def confirm_proposals(ranks: Ranks | None, step: int, rows: Sequence[int], digests: Sequence[int]) -> None:

@@ -88,6 +88,7 @@ def test_proposals_digest_covers_tokens_outputs_and_layout():
     assert base != ranks_sync.proposals_digest([1, 2, 3], [2], chain.offsets, chain.visible)
     assert base != ranks_sync.proposals_digest([1, 2, 3], None, chain.offsets, tree_visible)
     assert base != ranks_sync.proposals_digest([1, 2, 3], None, torch.tensor([0, 1, 1]), chain.visible)
+    assert ranks_sync.proposals_digest([1, 2, 3], None) != ranks_sync.proposals_digest([1, 2, 4], None)  # a chain
 
 
 def test_collectives_run_on_the_device_the_backend_takes():
