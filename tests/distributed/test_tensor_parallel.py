@@ -189,12 +189,19 @@ def test_tp_size_must_equal_the_world_size(tmp_path):
         dist.destroy_process_group()
 
 
-def test_a_model_whose_heads_do_not_split_over_the_ranks_is_refused_before_loading():
-    """SmolLM2-135M's shape: 9 heads and 3 key-value heads shard over 3 ranks, not 2 (a head would be split)."""
-    config = config_for("llama", hidden_size=576, num_attention_heads=9, num_key_value_heads=3)
+def test_a_model_whose_heads_do_not_split_over_the_ranks_keeps_attention_whole():
+    """SmolLM2-135M's shape: 9 heads and 3 key-value heads split over 3 ranks, not 2; over 2 ranks its attention
+    stays whole on every rank and only its MLP (1536 wide) is sharded."""
+    config = config_for("llama", hidden_size=576, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536)
     assert shardable_sizes(config) == [1, 3]
-    check_shardable(config, 3)
+    assert check_shardable(config, 3) is None  # the model's own plan, whole
+    assert check_shardable(config, 2) == {f"model.layers.*.self_attn.{p}": "replicate"
+                                          for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
+
+
+def test_a_model_that_splits_over_the_ranks_neither_by_heads_nor_by_mlp_is_refused_before_loading():
+    config = config_for("llama", hidden_size=576, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1537)
     with pytest.raises(ModelNotSupportedError, match=r"9 attention heads and 3 key-value heads, which tensor "
-                                                     r"parallelism cannot split over 2 ranks; allowed tp_size "
-                                                     r"\(rank counts\): 1, 3"):
+                                                     r"parallelism cannot split over 2 ranks, and an MLP of 1537 .*; "
+                                                     r"allowed tp_size \(rank counts\): 1, 3"):
         check_shardable(config, 2)

@@ -1,7 +1,7 @@
-"""The default model (SmolLM2-135M-Instruct, float32) sharded over 3 ranks under torchrun, gloo on the CPU.
+"""The default model (SmolLM2-135M-Instruct, float32) sharded over 2 ranks under torchrun, gloo on the CPU.
 
-Its 9 attention heads and 3 key-value heads split evenly over 3 ranks, not 2 (see
-test_tensor_parallel.py). Every exact strategy that needs no draft model gives single-process HF greedy's
+Its 9 attention heads and 3 key-value heads do not split over 2 ranks: its attention stays whole on every
+rank and its MLPs are sharded (test_tensor_parallel.py). Every exact strategy that needs no draft model gives single-process HF greedy's
 tokens on every rank. Slow for a test (about a minute on 2 busy CPU cores): selected by `-m distributed` and `-m realmodel`.
 """
 
@@ -18,7 +18,7 @@ from tests.distributed.test_tensor_parallel import launch, pytestmark as _distri
 
 pytestmark = [*_distributed, pytest.mark.realmodel]
 
-RANKS = 3
+RANKS = 2
 SCRIPT = Path(__file__).with_name("tp_default_ranks.py")
 MAX_NEW_TOKENS = 24
 PROMPTS = ["Repeat this list twice: apples, pears, plums, figs."]  # repeats: lookahead's drafts are accepted

@@ -20,6 +20,7 @@ ranks run the forward together, which must make every decision alike (decodekit.
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -57,17 +58,39 @@ def shardable_sizes(config: Any) -> list[int]:
     return [n for n in range(1, heads + 1) if heads % n == 0 and kv % n == 0]
 
 
-def check_shardable(config: Any, ranks: int, role: str = "model") -> None:
-    """Refuse to shard (or drive) a model over `ranks` ranks that would split an attention head between ranks:
-    transformers' plan shards q/k/v by rows, so the forward would fail in a reshape, or worse."""
+# a tensor-parallel plan's key for an attention projection: "layers.*.self_attn.q_proj", "h.*.attn.c_attn", ...
+_ATTENTION_KEY = re.compile(r"(^|\.)(self_attn|attn|attention|self_attention)\.")
+
+
+def attention_kept_whole_plan(config: Any) -> dict[str, str]:
+    """A tensor-parallel plan override that keeps every attention projection whole ("replicate") on every rank,
+    so that only the rest of the model's plan (its MLPs) is sharded: for a model whose heads do not split
+    evenly over the ranks. Keys are the model's own plan's, under its base model's prefix."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    text = config.get_text_config(decoder=True)
+    plan = getattr(text, "base_model_tp_plan", None) or {}
+    prefix = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].base_model_prefix
+    return {f"{prefix}.{key}": "replicate" for key in plan if _ATTENTION_KEY.search(key)}
+
+
+def check_shardable(config: Any, ranks: int, role: str = "model") -> dict[str, str] | None:
+    """None when `ranks` split the model's attention heads and key-value heads evenly (its own plan applies
+    whole); else the plan override that keeps attention whole on every rank (attention_kept_whole_plan),
+    provided the MLP splits evenly. Raises ModelNotSupportedError naming the allowed rank counts otherwise."""
     sizes = shardable_sizes(config)
-    if sizes and ranks not in sizes:
-        text = config.get_text_config(decoder=True)
-        raise ModelNotSupportedError(
-            f"{role} has {text.num_attention_heads} attention heads and "
-            f"{getattr(text, 'num_key_value_heads', None) or text.num_attention_heads} key-value heads, which "
-            f"tensor parallelism cannot split over {ranks} ranks; allowed tp_size (rank counts): "
-            f"{', '.join(map(str, sizes))}")
+    if not sizes or ranks in sizes:
+        return None
+    text = config.get_text_config(decoder=True)
+    kv = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    intermediate = getattr(text, "intermediate_size", None)
+    override = attention_kept_whole_plan(config)
+    if isinstance(intermediate, int) and intermediate % ranks == 0 and override:
+        return override
+    raise ModelNotSupportedError(
+        f"{role} has {text.num_attention_heads} attention heads and {kv} key-value heads, which tensor "
+        f"parallelism cannot split over {ranks} ranks, and an MLP of {intermediate} that it cannot split over "
+        f"them either; allowed tp_size (rank counts): {', '.join(map(str, sizes))}")
 
 
 def model_ranks(model: Any, role: str = "model") -> Ranks | None:
@@ -172,11 +195,8 @@ class HFBackend:
         head = model.get_output_embeddings()
         # out_features also covers heads whose weight is not a tensor attribute (torch's dynamic int8 Linear)
         vocab = getattr(head, "out_features", None) or (head.weight.shape[0] if head is not None else text.vocab_size)
-        ranks = model_ranks(model, role)
-        if ranks is not None:
-            check_shardable(config, ranks.size, role)
         return cls(model=model, cache_keyword=keyword, limits=LengthLimits.of(config), vocab_size=int(vocab),
-                   ranks=ranks)
+                   ranks=model_ranks(model, role))
 
     @property
     def max_positions(self) -> int | None:
@@ -354,16 +374,21 @@ def check_tp_size(tp_size: Any) -> int | None:
     return tp_size
 
 
-def _tensor_parallel_keywords(tp_size: int) -> dict[str, Any]:
-    """from_pretrained's keywords that shard a model over `tp_size` ranks with its own tensor-parallel plan:
-    `distributed_config=DistributedConfig(tp_size=N)` in recent 5.x releases, `tp_plan="auto", tp_size=N` before."""
+def _tensor_parallel_keywords(tp_size: int, override: dict[str, str] | None) -> dict[str, Any]:
+    """from_pretrained's keywords that shard a model over `tp_size` ranks with its own tensor-parallel plan
+    (`override` replacing some of its rules): `distributed_config=DistributedConfig(tp_size=N, tp_plan=...)` in
+    recent 5.x releases, `tp_plan="auto", tp_size=N` before (which take no override)."""
     try:
         from transformers.distributed import DistributedConfig
     except ImportError:
+        DistributedConfig = None
+    if DistributedConfig is None or "tp_size" not in inspect.signature(DistributedConfig).parameters:
+        if override:
+            raise ModelNotSupportedError("this transformers release cannot keep attention whole while sharding the "
+                                         "rest (DistributedConfig(tp_plan=...)); choose a tp_size that splits the "
+                                         "attention heads evenly")
         return {"tp_plan": "auto", "tp_size": tp_size}
-    if "tp_size" not in inspect.signature(DistributedConfig).parameters:
-        return {"tp_plan": "auto", "tp_size": tp_size}
-    return {"distributed_config": DistributedConfig(tp_size=tp_size)}
+    return {"distributed_config": DistributedConfig(tp_size=tp_size, tp_plan=override or None)}
 
 
 def load_model(folder: str | Path, dtype: torch.dtype, attn_implementation: str = "sdpa",
@@ -371,13 +396,15 @@ def load_model(folder: str | Path, dtype: torch.dtype, attn_implementation: str 
     """The causal LM of a local HuggingFace model folder, in eval mode; nothing is fetched.
 
     tp_size=N (N > 1, under torchrun with N ranks and torch.distributed initialised): every rank loads its
-    slice of the weights, sharded by transformers' own tensor-parallel plan for the architecture.
+    slice of the weights, sharded by transformers' own tensor-parallel plan for the architecture. When N does
+    not split the attention heads evenly (SmolLM2-135M's 9 heads over 2 ranks), attention stays whole on every
+    rank and only the MLPs are sharded.
     """
     tp_size = check_tp_size(tp_size)
     extra = {}
     if tp_size is not None:
-        check_shardable(load_config(folder), tp_size, role=f"the model in {folder}")
-        extra = _tensor_parallel_keywords(tp_size)
+        override = check_shardable(load_config(folder), tp_size, role=f"the model in {folder}")
+        extra = _tensor_parallel_keywords(tp_size, override)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, attn_implementation=attn_implementation,
                                                  local_files_only=True, **extra)
     return model.eval()
