@@ -178,6 +178,8 @@ def _step(book: _Rows, rows: RowsCache, on_step: StepCallback | None, cost: obje
         cost.rows = len(active)  # what each row's planner weighs its tokens at: the packed forward
     decoders, states = [book.decoders[b] for b in active], [book.states[b] for b in active]
     proposals = type(decoders[0]).propose_rows(decoders, states)
+    if cost is not None:  # the planning rows have offered what each step size is worth: bound the next step
+        cost.settle(round(sum(rows.lengths) / len(active)))
     logits = timed_step(states, rows, proposals, cost)
     book.forwards += 1
     start = rows.width - max(len(p.tokens) for p in proposals)

@@ -2,8 +2,9 @@
 
 import pytest
 
-from decodekit.core.costmodel import CostModel
-from decodekit.core.planner import AcceptanceModel, Draft, Extra, StepPlanner, _Nodes, matched_length
+from decodekit.core.costmodel import CostModel, PackedCost
+from decodekit.core.planner import (AcceptanceModel, Draft, Extra, StepPlanner, _Nodes, _options, best_values,
+                                   matched_length)
 
 FLAT = CostModel.flat(0.01)
 STEEP = CostModel.linear(base=0.01, per_token=0.01)  # every extra token costs a whole forward
@@ -93,3 +94,67 @@ def test_acceptance_counts_depths_tried_and_accepted():
     assert model.counts == {("s", 1): [1.0, 1.0], ("s", 2): [1.0, 1.0], ("s", 3): [0.0, 1.0]}
     assert model.probability("s", 1) == pytest.approx(1.0, abs=1e-3)
     assert model.probability("s", 3) == pytest.approx(0.0, abs=1e-3)
+
+
+# -- a batch: one step size for every row ------------------------------------------------------------
+
+def _batch(rows: int, curve) -> "PackedCost":
+    return PackedCost(target=None, model=curve, rows=rows)
+
+
+def test_the_batch_bounds_each_rows_step_at_the_size_that_pays_for_the_whole_batch():
+    # one row has a long draft it trusts; three have nothing. Alone that row would put its 8 nodes through
+    # on a gentle curve, but in a batch of 4 every other row pays for its padding: the batch keeps it short.
+    sure = StepPlanner(cost=_batch(4, GENTLE))
+    for _ in range(30):
+        sure.record([Draft(tokens=(1, 2, 3, 4, 5, 6, 7, 8), source="context:4")], committed=[1, 2, 3, 4, 5, 6, 7, 8, 0])
+    batch = sure.cost
+    alone = StepPlanner(cost=GENTLE, acceptance=sure.acceptance).plan(DRAFTS[:1], cached=100)
+    assert alone.tokens == 9
+    empty = [StepPlanner(cost=batch) for _ in range(3)]
+
+    def step() -> list[int]:
+        sizes = [sure.plan(DRAFTS[:1], cached=100).tokens] + [p.plan([], cached=100).tokens for p in empty]
+        batch.settle(cached=100)
+        return sizes
+
+    first = step()  # no offers yet: each row plans for itself at the packed cost (8 nodes weigh as 32)
+    assert batch.budget is not None and 1 <= batch.budget < 9
+    # the bound maximises the batch's rate: 3 rows' single tokens + the sure row's value, over rows x T tokens
+    values = [1.0 + sum(sure.acceptance.path(DRAFTS[0])[: t - 1]) for t in range(1, 10)]
+    rate = [(3 + values[t - 1]) / GENTLE.seconds(4 * t, 100) for t in range(1, 10)]
+    assert batch.budget == 1 + max(range(9), key=lambda i: rate[i])
+    held = batch.budget
+    second = step()
+    assert second[0] == held < first[0]  # the sure row's step is cut to the bound (its draft still pays up to it)
+    assert first[1:] == second[1:] == [1, 1, 1]
+
+
+def test_rows_that_all_draft_share_a_longer_step_than_one_row_that_drafts():
+    def bound(drafting: int) -> int:
+        batch = _batch(4, GENTLE)
+        planners = [StepPlanner(cost=batch) for _ in range(4)]
+        for planner in planners[:drafting]:
+            for _ in range(30):
+                planner.record([Draft(tokens=(1, 2, 3, 4), source="context:4")], committed=[1, 2, 3, 4, 0])
+        for i, planner in enumerate(planners):
+            planner.plan(DRAFTS[:1] if i < drafting else [], cached=100)
+        batch.settle(cached=100)
+        return batch.budget
+
+    assert bound(4) > bound(1) >= 1
+    assert bound(0) == 1  # rows with no drafts: a one-token step
+
+
+def test_one_row_is_never_bounded():
+    batch = _batch(1, GENTLE)
+    planner = StepPlanner(cost=batch)
+    assert planner.plan(DRAFTS, cached=100) == StepPlanner(cost=GENTLE).plan(DRAFTS, cached=100)
+    batch.settle(cached=100)
+    assert batch.budget is None and batch.offers == []
+
+
+def test_best_values_are_the_most_each_step_size_can_commit():
+    window = Extra(tokens=3, value=2.0)
+    options = _options([0.0, 0.9, 1.5], [window])  # k = 0, 1, 2 nodes; or the window with them
+    assert best_values(options) == [1.0, 1.9, 2.5, 3.0, 3.9, 4.5]
