@@ -205,21 +205,23 @@ class HFBackend:
     def move_columns(cache: DynamicCache, rows: Sequence[int], sources: Sequence[int], targets: Sequence[int]) -> None:
         """For each i, row rows[i]'s keys and values at column sources[i] are copied to column targets[i]
         (every source is read before any target is written)."""
+        indices: dict[torch.device, tuple[torch.Tensor, ...]] = {}  # built once per device, not per layer
         for layer in cache.layers:
             if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
                 continue
             device = layer.keys.device
-            b = torch.as_tensor(rows, dtype=torch.long, device=device)  # (M,)
-            src = torch.as_tensor(sources, dtype=torch.long, device=device)  # (M,)
-            dst = torch.as_tensor(targets, dtype=torch.long, device=device)  # (M,)
+            if device not in indices:
+                indices[device] = tuple(torch.as_tensor(x, dtype=torch.long, device=device)  # each (M,)
+                                        for x in (rows, sources, targets))
+            b, src, dst = indices[device]
             layer.keys[b, :, dst] = layer.keys[b, :, src]  # (M, H, D)
             layer.values[b, :, dst] = layer.values[b, :, src]  # (M, H, D)
 
     @staticmethod
     def select_rows(cache: DynamicCache, rows: Sequence[int]) -> None:
-        """Keep only the batch rows `rows` of every layer, in that order."""
+        """Keep only the batch rows `rows` of every layer, in that order (an emptied layer too: its batch size counts)."""
         for layer in cache.layers:
-            if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+            if getattr(layer, "keys", None) is None:
                 continue
             index = torch.as_tensor(rows, dtype=torch.long, device=layer.keys.device)  # (B',)
             layer.keys = layer.keys.index_select(0, index)  # (B', H, S, D)
