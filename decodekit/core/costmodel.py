@@ -534,6 +534,10 @@ class PackedCost:
         if self.model is not None and hasattr(self.model, "observe"):
             self.model.observe(tokens, cached, seconds)
 
+    def prompt_seconds(self, tokens: int) -> float:
+        """What one forward of `tokens` token slots over an empty cache costs (a batch's prefill)."""
+        return self.resolved().seconds(tokens, 0)
+
     def step_budget(self, values: Sequence[float]) -> int | None:
         """A row's planner: values[T - 1] is the most tokens a step of T tokens may commit for it. Returns
         the bound on its step now (None alone or before the batch's first offers)."""

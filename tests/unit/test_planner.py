@@ -1,10 +1,12 @@
 """The step planner's decisions: what it puts through on flat and steep cost curves, and when it stops drafting."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from decodekit.core.costmodel import CostModel, PackedCost
 from decodekit.core.planner import (AcceptanceModel, Draft, Extra, StepPlanner, _Nodes, _options, best_values,
-                                   matched_length)
+                                   matched_length, prefill_groups)
 
 FLAT = CostModel.flat(0.01)
 STEEP = CostModel.linear(base=0.01, per_token=0.01)  # every extra token costs a whole forward
@@ -158,3 +160,41 @@ def test_best_values_are_the_most_each_step_size_can_commit():
     window = Extra(tokens=3, value=2.0)
     options = _options([0.0, 0.9, 1.5], [window])  # k = 0, 1, 2 nodes; or the window with them
     assert best_values(options) == [1.0, 1.9, 2.5, 3.0, 3.9, 4.5]
+
+
+# -- a batch's prompts: grouped by length when padding would cost more than the extra forwards ------------
+
+def _partitions(items):
+    """Every partition of `items` into contiguous runs."""
+    if not items:
+        yield []
+        return
+    for i in range(1, len(items) + 1):
+        for rest in _partitions(items[i:]):
+            yield [items[:i], *rest]
+
+
+def test_without_a_cost_or_with_equal_lengths_the_prompts_go_through_together():
+    assert prefill_groups([5, 700, 9]) == [[0, 1, 2]]
+    assert prefill_groups([40, 40, 40], lambda tokens: GENTLE.seconds(tokens, 0)) == [[0, 1, 2]]
+    assert prefill_groups([3], lambda tokens: GENTLE.seconds(tokens, 0)) == [[0]]
+
+
+def test_a_cost_of_tokens_alone_groups_equal_lengths_and_a_cost_of_forwards_alone_keeps_one_group():
+    assert prefill_groups([7, 300, 7, 300, 20], lambda tokens: float(tokens)) == [[1, 3], [4], [0, 2]]
+    assert prefill_groups([7, 300, 7, 300, 20], lambda tokens: 1.0) == [[0, 1, 2, 3, 4]]
+
+
+@given(lengths=st.lists(st.integers(1, 400), min_size=1, max_size=7),
+       base=st.floats(0.0, 5.0), per_token=st.floats(0.001, 1.0))
+def test_the_groups_are_the_cheapest_partition_of_the_rows_sorted_by_length(lengths, base, per_token):
+    seconds = lambda tokens: base + per_token * tokens  # noqa: E731
+    groups = prefill_groups(lengths, seconds)
+    assert sorted(b for g in groups for b in g) == list(range(len(lengths)))  # every row once
+    cost = sum(seconds(len(g) * max(lengths[b] for b in g)) for g in groups)
+    order = sorted(range(len(lengths)), key=lambda b: (-lengths[b], b))
+    best = min(sum(seconds(len(run) * lengths[run[0]]) for run in parts) for parts in _partitions(order))
+    assert cost <= best * (1 + 1e-9)
+    if len(set(lengths)) > 1:
+        padded = seconds(len(lengths) * max(lengths))
+        assert cost <= padded * (1 + 1e-9)  # never worse than padding every prompt to the longest

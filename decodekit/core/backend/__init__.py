@@ -218,6 +218,24 @@ class HFBackend:
             layer.values[b, :, dst] = layer.values[b, :, src]  # (M, H, D)
 
     @staticmethod
+    def stack_rows(parts: Sequence[tuple[Sequence[int], DynamicCache]]) -> DynamicCache:
+        """One cache holding every part's rows: row r of part (indices, cache) becomes row indices[r]. Parts
+        shorter than the longest get zero columns at the end. The first part's cache object is reused."""
+        order = torch.as_tensor([b for indices, _ in parts for b in indices], dtype=torch.long)  # (B,)
+        inverse = torch.argsort(order)  # (B,): stacked row of each batch row
+        width = max(HFBackend.cache_length(cache) for _, cache in parts)
+        base = parts[0][1]
+        for i, layer in enumerate(base.layers):
+            for name in ("keys", "values"):
+                pieces = []
+                for _, cache in parts:
+                    piece = getattr(cache.layers[i], name)  # (b, H, S_part, D)
+                    pieces.append(torch.nn.functional.pad(piece, (0, 0, 0, width - piece.shape[-2])))  # (b, H, S, D)
+                stacked = torch.cat(pieces, dim=0)  # (B, H, S, D) in the parts' order
+                setattr(layer, name, stacked.index_select(0, inverse.to(stacked.device)))  # (B, H, S, D)
+        return base
+
+    @staticmethod
     def select_rows(cache: DynamicCache, rows: Sequence[int]) -> None:
         """Keep only the batch rows `rows` of every layer, in that order (an emptied layer too: its batch size counts)."""
         for layer in cache.layers:
