@@ -528,11 +528,19 @@ class PackedCost:
     planner weighs k tokens at the cost of rows * k: drafts shrink as the batch grows. With one row it
     is the model's own cost. `model` is resolved on first use (cost_model_for), so a strategy that never
     plans never triggers a measurement; the loop refines it from the packed forwards' timings once resolved.
+
+    Padding makes the step as long as the longest row's, so the batch bounds every row's step: each
+    planning row offers its best expected tokens per step size (`step_budget`), and after the rows
+    have proposed, `settle` picks the size T that maximises the batch's expected tokens per second,
+    sum of the rows' values at T / seconds(rows * T), as the next step's bound. It lags one step
+    (the rows' drafts change slowly); a row that drafts nothing still takes one token.
     """
 
     target: Any  # the HF model whose forward is costed
     model: Any = None  # its CostModel, once resolved
     rows: int = 1
+    budget: int | None = None  # the bound on every row's step, settled from the previous step's offers
+    offers: list[list[float]] = attrs.Factory(list)  # this step's: each planning row's values by step size
 
     def resolved(self) -> Any:
         if self.model is None:
@@ -549,3 +557,34 @@ class PackedCost:
         """A packed forward of `tokens` tokens in all (every row's, padding included) took `seconds`."""
         if self.model is not None and hasattr(self.model, "observe"):
             self.model.observe(tokens, cached, seconds)
+
+    def prompt_seconds(self, tokens: int) -> float:
+        """What one forward of `tokens` token slots over an empty cache costs (a batch's prefill)."""
+        return self.resolved().seconds(tokens, 0)
+
+    def step_budget(self, values: Sequence[float]) -> int | None:
+        """A row's planner: values[T - 1] is the most tokens a step of T tokens may commit for it. Returns
+        the bound on its step now (None alone or before the batch's first offers)."""
+        if self.rows == 1:
+            return None
+        self.offers.append(list(values))
+        return self.budget
+
+    def settle(self, cached: int) -> None:
+        """The rows have proposed: choose the next step's bound from their offers (the rows that offered
+        nothing count as one token whatever the size)."""
+        offers, self.offers = self.offers, []
+        if self.rows == 1:
+            self.budget = None
+            return
+        if not offers:  # no row planned (none had anything to draft): every row took one token
+            self.budget = 1
+            return
+        others = self.rows - len(offers)
+        best_rate, best = 0.0, 1
+        for size in range(1, max(len(v) for v in offers) + 1):
+            worth = others + sum(v[min(size, len(v)) - 1] for v in offers)
+            rate = worth / self.resolved().seconds(self.rows * size, cached)
+            if rate > best_rate * (1 + 1e-9):  # ties keep the smaller step
+                best_rate, best = rate, size
+        self.budget = best

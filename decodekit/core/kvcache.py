@@ -107,6 +107,17 @@ class RowsCache:
         self.lengths[b] = length
         self.backend.crop_cache(self.cache, max(self.lengths))
 
+    def stack(self, parts: Sequence[tuple[Sequence[int], "RowsCache"]]) -> None:
+        """Become the rows of several caches: part (indices, cache) supplies rows `indices` of this one, in
+        order; every index 0 .. B-1 exactly once. Each row keeps its length (its later columns are garbage)."""
+        order = sorted(b for indices, _ in parts for b in indices)
+        if order != list(range(len(self.lengths))):
+            raise ValueError(f"stack: the parts must supply rows 0..{len(self.lengths) - 1} once each, got {order}")
+        self.cache = self.backend.stack_rows([(list(indices), part.cache) for indices, part in parts])
+        for indices, part in parts:
+            for b, length in zip(indices, part.lengths):
+                self.lengths[b] = length
+
     def select(self, rows: Sequence[int]) -> None:
         """Keep only `rows` (indices into the current rows), in that order."""
         self.backend.select_rows(self.cache, list(rows))

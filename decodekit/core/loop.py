@@ -23,6 +23,7 @@ from decodekit.core.backend import HFBackend
 from decodekit.core.decoder import Decoder, DecodeState, Proposal, Verdict
 from decodekit.core.kvcache import RowsCache
 from decodekit.core.masks import packed_mask, packed_positions
+from decodekit.core.planner import prefill_groups
 from decodekit.core.types import GenerationStats
 
 StepCallback = Callable[[list[int]], None]
@@ -147,20 +148,35 @@ class _Rows:
     # indices of the rows still decoding, in the order of their rows in the cache
     active: list[int] = attrs.Factory(lambda self: list(range(len(self.states))), takes_self=True)
     stopped: dict[int, int] = attrs.Factory(dict)  # no eos criterion: row -> new tokens where it first stopped
-    forwards: int = 1  # packed forwards of the target, the prefill's included
+    forwards: int = 0  # packed forwards of the target, the prefill's included
 
 
-def prefill(states: Sequence[DecodeState], rows: RowsCache) -> list[int]:
-    """Cache every row's whole prompt in one forward; the first new token of each row from its last logits."""
-    proposals = [Proposal(tokens=list(s.tokens), outputs=[len(s.tokens) - 1]) for s in states]
-    confirm_proposals(states, 0, range(len(states)), proposals)  # the prompts are the same on every rank
-    logits = forward_packed(states[0].backend, rows, proposals)
-    for state in states:
-        state.forwards += 1  # a forward, but not a step: its tokens are not a step's cost
-    rows.keep(0, [range(len(p.tokens)) for p in proposals])
-    firsts = [int(state.choose(row[-1])) for state, row in zip(states, logits)]
+def prefill(states: Sequence[DecodeState], rows: RowsCache, cost: object | None = None) -> tuple[list[int], int]:
+    """Cache every row's whole prompt; the first new token of each row from its last logits.
+
+    Rows of different lengths go through in groups (`planner.prefill_groups`: one packed forward per
+    group, each group padded to its own longest prompt only) when the cost model says that is faster
+    than padding every prompt to the longest; the groups' caches are then stacked into `rows`.
+    Returns the first tokens and the number of forwards taken.
+    """
+    lengths = [len(s.tokens) for s in states]
+    groups = prefill_groups(lengths, getattr(cost, "prompt_seconds", None))
+    firsts: list[int] = [0] * len(states)
+    parts = []
+    for group in groups:
+        part = rows if len(groups) == 1 else RowsCache(rows.backend, [0] * len(group))
+        proposals = [Proposal(tokens=list(states[b].tokens), outputs=[lengths[b] - 1]) for b in group]
+        confirm_proposals(states, 0, group, proposals)  # the prompts are the same on every rank
+        logits = forward_packed(states[0].backend, part, proposals)
+        part.keep(0, [range(lengths[b]) for b in group])
+        for b, row in zip(group, logits):
+            states[b].forwards += 1  # a forward, but not a step: its tokens are not a step's cost
+            firsts[b] = int(states[b].choose(row[-1]))
+        parts.append((group, part))
+    if len(groups) > 1:
+        rows.stack(parts)
     ranks_sync.confirm_commits(states[0].backend.ranks, 0, range(len(states)), [[t] for t in firsts], 0.0)
-    return firsts
+    return firsts, len(groups)
 
 
 def run(decoders: Sequence[Decoder], states: Sequence[DecodeState], rows: RowsCache,
@@ -176,7 +192,7 @@ def run(decoders: Sequence[Decoder], states: Sequence[DecodeState], rows: RowsCa
     """
     began = time.perf_counter()
     book = _Rows(list(decoders), list(states))
-    firsts = prefill(states, rows)
+    firsts, book.forwards = prefill(states, rows, cost)
     for b, first in enumerate(firsts):
         _commit_row(book, b, [first], on_step, pad_finished)
     _leave(book, rows, list(range(len(states))))
@@ -197,7 +213,9 @@ def _step(book: _Rows, rows: RowsCache, on_step: StepCallback | None, cost: obje
         cost.rows = len(active)  # what each row's planner weighs its tokens at: the packed forward
     decoders, states = [book.decoders[b] for b in active], [book.states[b] for b in active]
     proposals = type(decoders[0]).propose_rows(decoders, states)
-    step = book.forwards  # the prefill was step 0
+    if cost is not None:  # the planning rows have offered what each step size is worth: bound the next step
+        cost.settle(round(sum(rows.lengths) / len(active)))
+    step = book.forwards  # the prefill's forwards came first
     confirm_proposals(states, step, active, proposals)
     lengths = list(rows.lengths)
     logits, seconds = timed_step(states, rows, proposals)

@@ -15,6 +15,13 @@ A node is accepted only if its parent is, so probabilities never grow along a pa
 probable nodes form a prefix-closed subtree: a tree the strategy can put through as it is. k = 0 with
 no extra is plain greedy's one-token step; it wins whenever no draft pays for its cost.
 
+In a batch every row's step is padded to the longest row's and packed into one forward of
+rows x T tokens, so one row's long draft costs every row. Each row still plans for itself, at the
+packed cost (k tokens weigh as rows x k), but within a step size T the batch chooses: every row
+offers, through its cost's `step_budget`, the most tokens each size could commit for it
+(`best_values`), and the cost picks the T that maximises the batch's expected tokens per second,
+sum over rows of values(T) / seconds(rows x T), for the next step (decodekit.core.costmodel.PackedCost).
+
 The planner changes what is proposed, never what is accepted: a strategy that verifies as before
 stays exact whatever the planner chooses (the property tests drive it with synthetic cost models).
 """
@@ -31,6 +38,15 @@ class ForwardCost(Protocol):
     """What the planner needs of a cost model: predicted seconds of one forward (only ratios matter)."""
 
     def seconds(self, tokens: int, cached: int) -> float: ...
+
+
+class BatchCost(ForwardCost, Protocol):
+    """A batch's cost (decodekit.core.costmodel.PackedCost): it bounds each row's step."""
+
+    def step_budget(self, values: Sequence[float]) -> int | None:
+        """Note what each step size is worth to this row (values[T - 1] for T tokens) and return how many
+        tokens the row may put through this step (None: no bound)."""
+        ...
 
 
 @attrs.frozen(kw_only=True)
@@ -185,6 +201,37 @@ class _Nodes:
         return sorted(range(len(self.probs)), key=lambda n: (-self.probs[n], self.depths[n], n))
 
 
+@attrs.frozen
+class _Option:
+    """One way to fill a step: `nodes` draft nodes and maybe an extra block; its size and expected tokens."""
+
+    tokens: int
+    value: float
+    nodes: int
+    extra: Extra | None
+
+
+def _options(gains: Sequence[float], extras: Sequence[Extra]) -> list[_Option]:
+    """Every (extra, k) choice: k most probable nodes (gains[k]: their summed probabilities), with or without
+    each extra block; the one-token step first, then by extra, then by k."""
+    out = []
+    for extra in (None, *extras):
+        size, worth = (extra.tokens, extra.value) if extra else (0, 0.0)
+        for k, gain in enumerate(gains):
+            out.append(_Option(tokens=1 + size + k, value=1.0 + gain + worth, nodes=k, extra=extra))
+    return out
+
+
+def best_values(options: Sequence[_Option]) -> list[float]:
+    """values[T - 1]: the most tokens a step of at most T tokens is expected to commit, T = 1 .. the largest option."""
+    values = [0.0] * max(o.tokens for o in options)
+    for option in options:
+        values[option.tokens - 1] = max(values[option.tokens - 1], option.value)
+    for i in range(1, len(values)):
+        values[i] = max(values[i], values[i - 1])
+    return values
+
+
 @attrs.define(eq=False)
 class StepPlanner:
     """Chooses each step's drafts (and extra block) from the acceptance model and the cost of a forward.
@@ -198,22 +245,21 @@ class StepPlanner:
     max_nodes: int = 64
 
     def plan(self, drafts: Sequence[Draft], cached: int, extras: Sequence[Extra] = ()) -> PlannedStep:
-        """The drafts' prefixes (and extra) that maximise expected committed tokens per second of forward time."""
+        """The drafts' prefixes (and extra) that maximise expected committed tokens per second of forward time.
+
+        In a batch (a cost with `step_budget`, decodekit.core.costmodel.PackedCost) the row offers what
+        each step size is worth to it and keeps within the size the batch chose (module docstring).
+        """
         drafts = [d for d in drafts if d.tokens]
         nodes = _Nodes.build(drafts, self.acceptance)
         order = nodes.ranked()[: self.max_nodes]
         gains = [0.0]
         for node in order:
             gains.append(gains[-1] + nodes.probs[node])
-        best = (1.0 / self.cost.seconds(1, cached), 0, None)  # (rate, nodes, extra): the one-token step
-        for extra in (None, *extras):
-            size = extra.tokens if extra else 0
-            worth = extra.value if extra else 0.0
-            for k, gain in enumerate(gains):
-                rate = (1.0 + gain + worth) / self.cost.seconds(1 + size + k, cached)
-                if rate > best[0] * (1 + 1e-9):  # a strict gain: ties keep the smaller step
-                    best = (rate, k, extra)
-        _, k, extra = best
+        options = _options(gains, extras)
+        step_budget = getattr(self.cost, "step_budget", None)
+        budget = step_budget(best_values(options)) if step_budget is not None else None
+        k, extra = self._fastest(options, cached, budget)
         chosen = set(order[:k])
         cut = []
         for draft, path in zip(drafts, nodes.paths):
@@ -227,8 +273,50 @@ class StepPlanner:
                            expected=1.0 + gains[k] + (extra.value if extra else 0.0),
                            seconds=self.cost.seconds(size, cached))
 
+    def _fastest(self, options: Sequence["_Option"], cached: int, budget: int | None) -> tuple[int, Extra | None]:
+        """The option of highest rate (expected tokens per second) within `budget` tokens; ties keep the smaller step.
+
+        The first option is the one-token step, which always fits.
+        """
+        best_rate, best = 0.0, options[0]
+        for option in options:
+            if budget is not None and option.tokens > budget:
+                continue
+            rate = option.value / self.cost.seconds(option.tokens, cached)
+            if rate > best_rate * (1 + 1e-9):  # a strict gain: ties keep the smaller step
+                best_rate, best = rate, option
+        return best.nodes, best.extra
+
     def record(self, drafts: Sequence[Draft], committed: Sequence[int]) -> None:
         """After verification: teach the acceptance model what each put-through draft earned."""
         self.acceptance.fade()
         for draft in drafts:
             self.acceptance.record(draft, matched_length(draft.tokens, committed))
+
+
+def prefill_groups(lengths: Sequence[int], seconds: Any = None) -> list[list[int]]:
+    """How a batch's prompts go through the model: groups of row indices, one packed forward each.
+
+    A packed forward pads every row to its longest prompt, so a batch of a 700-token prompt and seven
+    50-token ones computes 8 x 700 token slots for 1,050 tokens. Grouping rows of similar lengths
+    costs more forwards but fewer slots. `seconds(tokens)` is the forward cost of that many token slots
+    (None: one group, as model.generate pads). Groups are runs of the rows sorted by length, the
+    partition of least predicted total time (dynamic programming); ties keep fewer groups.
+    """
+    rows = len(lengths)
+    if seconds is None or rows < 2 or len(set(lengths)) == 1:
+        return [list(range(rows))]
+    order = sorted(range(rows), key=lambda b: (-lengths[b], b))  # longest first
+    # best[i]: least time for order[i:]; its first group is order[i:cut[i]], padded to lengths[order[i]]
+    best, cut = [0.0] * (rows + 1), [rows] * (rows + 1)
+    for i in range(rows - 1, -1, -1):
+        best[i] = math.inf
+        for j in range(rows, i, -1):  # the largest group first: ties keep it
+            total = seconds((j - i) * lengths[order[i]]) + best[j]
+            if total < best[i] * (1 - 1e-9):
+                best[i], cut[i] = total, j
+    groups, i = [], 0
+    while i < rows:
+        groups.append(sorted(order[i:cut[i]]))
+        i = cut[i]
+    return groups

@@ -110,6 +110,24 @@ class RowsCacheMachine(RuleBasedStateMachine):
         self.rows.select(chosen)
         self.reference = [self.reference[b] for b in chosen]
 
+    @precondition(lambda self: self.appended is None and self.reference)
+    @rule(data=st.data())
+    def stack(self, data):
+        """Rebuild the batch as a grouped prefill does: each part caches its rows' ids in a cache of its own
+        (padded to its longest row, then kept), and the parts are stacked in the batch's row order."""
+        order = data.draw(st.permutations(range(len(self.reference))), label="rows in part order")
+        cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(order) - 1)), max_size=len(order) - 1), label="cuts"))
+        groups = [order[a:b] for a, b in zip([0, *cuts], [*cuts, len(order)]) if order[a:b]]
+        parts = []
+        for group in groups:
+            part = RowsCache(backend(), lengths=[0] * len(group))
+            width = max(1, *(len(self.reference[b]) for b in group))
+            junk = -1 - self.next_id  # columns past a row's length hold ids no row has cached
+            append(part, [self.reference[b] + [junk] * (width - len(self.reference[b])) for b in group])
+            part.keep(0, [range(len(self.reference[b])) for b in group])
+            parts.append((group, part))
+        self.rows.stack(parts)
+
     @invariant()
     def matches_reference(self):
         if self.rows is None:

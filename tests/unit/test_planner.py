@@ -1,9 +1,12 @@
 """The step planner's decisions: what it puts through on flat and steep cost curves, and when it stops drafting."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from decodekit.core.costmodel import CostModel
-from decodekit.core.planner import AcceptanceModel, Draft, Extra, StepPlanner, _Nodes, matched_length
+from decodekit.core.costmodel import CostModel, PackedCost
+from decodekit.core.planner import (AcceptanceModel, Draft, Extra, StepPlanner, _Nodes, _options, best_values,
+                                   matched_length, prefill_groups)
 
 FLAT = CostModel.flat(0.01)
 STEEP = CostModel.linear(base=0.01, per_token=0.01)  # every extra token costs a whole forward
@@ -93,3 +96,105 @@ def test_acceptance_counts_depths_tried_and_accepted():
     assert model.counts == {("s", 1): [1.0, 1.0], ("s", 2): [1.0, 1.0], ("s", 3): [0.0, 1.0]}
     assert model.probability("s", 1) == pytest.approx(1.0, abs=1e-3)
     assert model.probability("s", 3) == pytest.approx(0.0, abs=1e-3)
+
+
+# -- a batch: one step size for every row ------------------------------------------------------------
+
+def _batch(rows: int, curve) -> "PackedCost":
+    return PackedCost(target=None, model=curve, rows=rows)
+
+
+def test_the_batch_bounds_each_rows_step_at_the_size_that_pays_for_the_whole_batch():
+    # one row has a long draft it trusts; three have nothing. Alone that row would put its 8 nodes through
+    # on a gentle curve, but in a batch of 4 every other row pays for its padding: the batch keeps it short.
+    sure = StepPlanner(cost=_batch(4, GENTLE))
+    for _ in range(30):
+        sure.record([Draft(tokens=(1, 2, 3, 4, 5, 6, 7, 8), source="context:4")], committed=[1, 2, 3, 4, 5, 6, 7, 8, 0])
+    batch = sure.cost
+    alone = StepPlanner(cost=GENTLE, acceptance=sure.acceptance).plan(DRAFTS[:1], cached=100)
+    assert alone.tokens == 9
+    empty = [StepPlanner(cost=batch) for _ in range(3)]
+
+    def step() -> list[int]:
+        sizes = [sure.plan(DRAFTS[:1], cached=100).tokens] + [p.plan([], cached=100).tokens for p in empty]
+        batch.settle(cached=100)
+        return sizes
+
+    first = step()  # no offers yet: each row plans for itself at the packed cost (8 nodes weigh as 32)
+    assert batch.budget is not None and 1 <= batch.budget < 9
+    # the bound maximises the batch's rate: 3 rows' single tokens + the sure row's value, over rows x T tokens
+    values = [1.0 + sum(sure.acceptance.path(DRAFTS[0])[: t - 1]) for t in range(1, 10)]
+    rate = [(3 + values[t - 1]) / GENTLE.seconds(4 * t, 100) for t in range(1, 10)]
+    assert batch.budget == 1 + max(range(9), key=lambda i: rate[i])
+    held = batch.budget
+    second = step()
+    assert second[0] == held < first[0]  # the sure row's step is cut to the bound (its draft still pays up to it)
+    assert first[1:] == second[1:] == [1, 1, 1]
+
+
+def test_rows_that_all_draft_share_a_longer_step_than_one_row_that_drafts():
+    def bound(drafting: int) -> int:
+        batch = _batch(4, GENTLE)
+        planners = [StepPlanner(cost=batch) for _ in range(4)]
+        for planner in planners[:drafting]:
+            for _ in range(30):
+                planner.record([Draft(tokens=(1, 2, 3, 4), source="context:4")], committed=[1, 2, 3, 4, 0])
+        for i, planner in enumerate(planners):
+            planner.plan(DRAFTS[:1] if i < drafting else [], cached=100)
+        batch.settle(cached=100)
+        return batch.budget
+
+    assert bound(4) > bound(1) >= 1
+    assert bound(0) == 1  # rows with no drafts: a one-token step
+
+
+def test_one_row_is_never_bounded():
+    batch = _batch(1, GENTLE)
+    planner = StepPlanner(cost=batch)
+    assert planner.plan(DRAFTS, cached=100) == StepPlanner(cost=GENTLE).plan(DRAFTS, cached=100)
+    batch.settle(cached=100)
+    assert batch.budget is None and batch.offers == []
+
+
+def test_best_values_are_the_most_each_step_size_can_commit():
+    window = Extra(tokens=3, value=2.0)
+    options = _options([0.0, 0.9, 1.5], [window])  # k = 0, 1, 2 nodes; or the window with them
+    assert best_values(options) == [1.0, 1.9, 2.5, 3.0, 3.9, 4.5]
+
+
+# -- a batch's prompts: grouped by length when padding would cost more than the extra forwards ------------
+
+def _partitions(items):
+    """Every partition of `items` into contiguous runs."""
+    if not items:
+        yield []
+        return
+    for i in range(1, len(items) + 1):
+        for rest in _partitions(items[i:]):
+            yield [items[:i], *rest]
+
+
+def test_without_a_cost_or_with_equal_lengths_the_prompts_go_through_together():
+    assert prefill_groups([5, 700, 9]) == [[0, 1, 2]]
+    assert prefill_groups([40, 40, 40], lambda tokens: GENTLE.seconds(tokens, 0)) == [[0, 1, 2]]
+    assert prefill_groups([3], lambda tokens: GENTLE.seconds(tokens, 0)) == [[0]]
+
+
+def test_a_cost_of_tokens_alone_groups_equal_lengths_and_a_cost_of_forwards_alone_keeps_one_group():
+    assert prefill_groups([7, 300, 7, 300, 20], lambda tokens: float(tokens)) == [[1, 3], [4], [0, 2]]
+    assert prefill_groups([7, 300, 7, 300, 20], lambda tokens: 1.0) == [[0, 1, 2, 3, 4]]
+
+
+@given(lengths=st.lists(st.integers(1, 400), min_size=1, max_size=7),
+       base=st.floats(0.0, 5.0), per_token=st.floats(0.001, 1.0))
+def test_the_groups_are_the_cheapest_partition_of_the_rows_sorted_by_length(lengths, base, per_token):
+    seconds = lambda tokens: base + per_token * tokens  # noqa: E731
+    groups = prefill_groups(lengths, seconds)
+    assert sorted(b for g in groups for b in g) == list(range(len(lengths)))  # every row once
+    cost = sum(seconds(len(g) * max(lengths[b] for b in g)) for g in groups)
+    order = sorted(range(len(lengths)), key=lambda b: (-lengths[b], b))
+    best = min(sum(seconds(len(run) * lengths[run[0]]) for run in parts) for parts in _partitions(order))
+    assert cost <= best * (1 + 1e-9)
+    if len(set(lengths)) > 1:
+        padded = seconds(len(lengths) * max(lengths))
+        assert cost <= padded * (1 + 1e-9)  # never worse than padding every prompt to the longest

@@ -293,21 +293,41 @@ class HFBackend:
     def move_columns(cache: DynamicCache, rows: Sequence[int], sources: Sequence[int], targets: Sequence[int]) -> None:
         """For each i, row rows[i]'s keys and values at column sources[i] are copied to column targets[i]
         (every source is read before any target is written)."""
+        indices: dict[torch.device, tuple[torch.Tensor, ...]] = {}  # built once per device, not per layer
         for layer in cache.layers:
             if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
                 continue
             device = layer.keys.device
-            b = torch.as_tensor(rows, dtype=torch.long, device=device)  # (M,)
-            src = torch.as_tensor(sources, dtype=torch.long, device=device)  # (M,)
-            dst = torch.as_tensor(targets, dtype=torch.long, device=device)  # (M,)
+            if device not in indices:
+                indices[device] = tuple(torch.as_tensor(x, dtype=torch.long, device=device)  # each (M,)
+                                        for x in (rows, sources, targets))
+            b, src, dst = indices[device]
             layer.keys[b, :, dst] = layer.keys[b, :, src]  # (M, H, D)
             layer.values[b, :, dst] = layer.values[b, :, src]  # (M, H, D)
 
     @staticmethod
+    def stack_rows(parts: Sequence[tuple[Sequence[int], DynamicCache]]) -> DynamicCache:
+        """One cache holding every part's rows: row r of part (indices, cache) becomes row indices[r]. Parts
+        shorter than the longest get zero columns at the end. The first part's cache object is reused."""
+        order = torch.as_tensor([b for indices, _ in parts for b in indices], dtype=torch.long)  # (B,)
+        inverse = torch.argsort(order)  # (B,): stacked row of each batch row
+        width = max(HFBackend.cache_length(cache) for _, cache in parts)
+        base = parts[0][1]
+        for i, layer in enumerate(base.layers):
+            for name in ("keys", "values"):
+                pieces = []
+                for _, cache in parts:
+                    piece = getattr(cache.layers[i], name)  # (b, H, S_part, D)
+                    pieces.append(torch.nn.functional.pad(piece, (0, 0, 0, width - piece.shape[-2])))  # (b, H, S, D)
+                stacked = torch.cat(pieces, dim=0)  # (B, H, S, D) in the parts' order
+                setattr(layer, name, stacked.index_select(0, inverse.to(stacked.device)))  # (B, H, S, D)
+        return base
+
+    @staticmethod
     def select_rows(cache: DynamicCache, rows: Sequence[int]) -> None:
-        """Keep only the batch rows `rows` of every layer, in that order."""
+        """Keep only the batch rows `rows` of every layer, in that order (an emptied layer too: its batch size counts)."""
         for layer in cache.layers:
-            if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+            if getattr(layer, "keys", None) is None:
                 continue
             index = torch.as_tensor(rows, dtype=torch.long, device=layer.keys.device)  # (B',)
             layer.keys = layer.keys.index_select(0, index)  # (B', H, S, D)
