@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
+
+from decodekit import cli_ranks
 
 
 def _positive_int(text: str, allowed: str = "an integer >= 1") -> int:
@@ -65,6 +68,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "an equal share and no further batch starts after it); default: no limit")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli_ranks.add_nproc_argument(parser)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -87,20 +91,40 @@ def run_bench(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(folder)
     check_lengths(load_config(folder), args.max_new_tokens,
                   ((f"question {q.question_id} ({q.category})", chat_ids(tokenizer, q.turns[0]).shape[1]) for q in chosen))
+    if args.nproc > 1:
+        from decodekit.core.backend import check_shardable
+
+        check_shardable(load_config(folder), args.nproc)
+        if not cli_ranks.is_rank():
+            return cli_ranks.launch(args.argv, args.nproc)  # each rank runs this command again, from the top
+    try:
+        return _bench(args, specs, chosen, path)
+    finally:
+        cli_ranks.leave()
+
+
+def _bench(args: argparse.Namespace, specs: Any, chosen: Any, path: Path) -> int:
+    """After the checks: load the model (this rank's slice of it with --nproc), run, report (rank 0 writes)."""
+    from decodekit.bench import api, report
+    from decodekit.cli import INTERRUPTED
+
+    rank = cli_ranks.join(args.nproc) if args.nproc > 1 else 0
     sizes = f", batch sizes {' '.join(map(str, args.batch_sizes))}" if api.is_batch_run(args.batch_sizes) else ""
     print(f"{len(chosen)} questions, {len(specs)} methods: {', '.join(s.label for s in specs)}{sizes}",
           file=sys.stderr)
-    print(f"loading model {args.model} ({args.dtype}) ...", file=sys.stderr)
-    model, tokenizer = api.load_model(args.model, args.dtype)
+    tp_size = args.nproc if args.nproc > 1 else None
+    print(f"loading model {args.model} ({args.dtype}{f', sharded over {tp_size} ranks' if tp_size else ''}) ...",
+          file=sys.stderr)
+    model, tokenizer = api.load_model(args.model, args.dtype, tp_size=tp_size)
     config = {"model": args.model if args.model != "default" else "default (SmolLM2-135M-Instruct)",
               "dtype": args.dtype, "questions": str(path), "categories": args.categories,
-              "per_category": args.per_category, "warmup": not args.no_warmup}
+              "per_category": args.per_category, "warmup": not args.no_warmup, "ranks": args.nproc}
     command = ["decodekit", *getattr(args, "argv", sys.argv[1:])]
     doc = api.run_bench(model, tokenizer=tokenizer, questions=chosen, methods=[s.label for s in specs],
                         max_new_tokens=args.max_new_tokens, multi_turn=args.multi_turn, warmup=not args.no_warmup,
-                        progress=not args.no_progress, sweep=args.sweep, sweep_grid=args.sweep_grid,
+                        progress=not args.no_progress and rank == 0, sweep=args.sweep, sweep_grid=args.sweep_grid,
                         load_draft=lambda name: api.load_model(name, args.dtype)[0],
-                        out=args.out, command=command, config=config, time_limit=args.time_limit,
+                        out=args.out if rank == 0 else None, command=command, config=config, time_limit=args.time_limit,
                         batch_sizes=args.batch_sizes)
     if doc["config"]["interrupted"]:
         print(f"decodekit: interrupted; partial results ({doc['config']['prompts_run']} of "

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from decodekit import cli_ranks
 from decodekit.cli import check_lengths, parse_strategy_params
 
 
@@ -27,6 +28,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft-layers", type=int, metavar="K",
                         help="for strategies that need a draft model: use the model's own first K layers with its "
                              "norm and head (default: three quarters of its layers)")
+    cli_ranks.add_nproc_argument(parser)
 
 
 WARM_UP_PROMPT = 512  # tokens of the prompt the warm-up runs on
@@ -96,7 +98,10 @@ def run_generate(args: argparse.Namespace) -> int:
     layer_count = config.get_text_config(decoder=True).num_hidden_layers
     if args.draft_layers is not None and not 1 <= args.draft_layers <= layer_count:
         raise InputError(f"--draft-layers must be in [1, {layer_count}] (the model's layer count), got {args.draft_layers}")
+    if args.nproc > 1:
+        backend.check_shardable(config, args.nproc)  # a rank count the model cannot split is refused here
     tokenizer = backend.load_tokenizer(folder)
+    mask = None
     if args.batch:
         ids, mask = decodekit.models.chat_batch(tokenizer, prompt)  # (B, L), left-padded
         check_lengths(config, args.max_new_tokens, [(f"prompt {i + 1}", int(n)) for i, n in enumerate(mask.sum(dim=1))])
@@ -104,8 +109,26 @@ def run_generate(args: argparse.Namespace) -> int:
         ids = decodekit.models.chat_ids(tokenizer, prompt)  # (1, T)
         check_lengths(config, args.max_new_tokens, [("the prompt", ids.shape[1])])
 
-    print(f"loading {decodekit.models.DEFAULT_MODEL} ({args.dtype}) ...", file=sys.stderr)
-    model, _ = decodekit.models.load_default(args.dtype)
+    if args.nproc > 1 and not cli_ranks.is_rank():
+        return cli_ranks.launch(args.argv, args.nproc)  # each rank runs this command again, from the top
+    try:
+        return _generate(args, info, params, param_words, tokenizer, ids, mask, layer_count)
+    finally:
+        cli_ranks.leave()
+
+
+def _generate(args: argparse.Namespace, info: Any, params: dict, param_words: list[str], tokenizer: Any, ids: Any,
+              mask: Any, layer_count: int) -> int:
+    """After the checks: load the model (this rank's slice of it with --nproc), warm up, decode, report."""
+    import decodekit
+
+    tp_size = None
+    if args.nproc > 1:
+        cli_ranks.join(args.nproc)
+        tp_size = args.nproc
+    print(f"loading {decodekit.models.DEFAULT_MODEL} ({args.dtype}"
+          f"{f', sharded over {tp_size} ranks' if tp_size else ''}) ...", file=sys.stderr)
+    model, _ = decodekit.models.load_default(args.dtype, tp_size=tp_size)
 
     if info.capabilities.needs_draft_model:
         from decodekit.strategies.speculative import truncated_draft

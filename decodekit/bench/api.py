@@ -26,14 +26,15 @@ def model_folder(name: str) -> Path:
     return path
 
 
-def load_model(name: str, dtype: str = "float32") -> tuple[Any, Any]:
-    """'default' -> decodekit.models.load_default(dtype); a local HuggingFace folder -> (model, tokenizer)."""
+def load_model(name: str, dtype: str = "float32", tp_size: int | None = None) -> tuple[Any, Any]:
+    """'default' -> decodekit.models.load_default(dtype); a local HuggingFace folder -> (model, tokenizer).
+    tp_size=N: this rank's slice, sharded over N ranks (under torchrun)."""
     from decodekit.core.backend import load_pretrained
     from decodekit.models import load_default, resolve_dtype
 
     if name == "default":
-        return load_default(dtype)
-    return load_pretrained(model_folder(name), resolve_dtype(dtype))
+        return load_default(dtype, tp_size=tp_size)
+    return load_pretrained(model_folder(name), resolve_dtype(dtype), tp_size=tp_size)
 
 
 def is_batch_run(batch_sizes: Sequence[int] | None) -> bool:

@@ -20,7 +20,8 @@ from decodekit.bench import memory
 from decodekit.bench.methods import (REFERENCE, Batch, BatchResult, MethodSpec, batch_runner_for, check_batch_size,
                                      pad_left)
 from decodekit.bench.questions import Question
-from decodekit.bench.runner import Prompt, _check_methods, _question_prompts, _resolve_drafts, _rotated, as_prompts
+from decodekit.bench.runner import (Prompt, _check_methods, _question_prompts, _resolve_drafts, _rotated, as_prompts,
+                                    out_of_time)
 from decodekit.errors import InputError
 
 
@@ -164,8 +165,7 @@ def _run_size(specs: Sequence[MethodSpec], model: Any, prompts: Sequence[Prompt]
     done = 0
     began = time.perf_counter()
     for index, rows in enumerate(batches):
-        elapsed = time.perf_counter() - began
-        if time_limit is not None and done and elapsed + elapsed / done > time_limit:
+        if out_of_time(model, time.perf_counter() - began, done, time_limit):
             bar.write(f"batch size {batch_size}: time limit {time_limit:.0f} s, stopping after {done} of "
                       f"{len(batches)} batches", file=sys.stderr)
             break

@@ -178,6 +178,17 @@ def as_prompts(items: Sequence[Any]) -> list[Prompt]:
     return out
 
 
+def out_of_time(model: Any, elapsed: float, done: int, time_limit: float | None) -> bool:
+    """Whether no further prompt (or batch) should start: the elapsed time plus the mean time of one so far
+    would pass `time_limit`. On a model sharded over several ranks it is rank 0's clock that decides, for
+    every rank (the ranks run each forward together, so they must stop together)."""
+    from decodekit.core.backend import model_ranks
+
+    over = time_limit is not None and done > 0 and elapsed + elapsed / done > time_limit
+    ranks = model_ranks(model) if time_limit is not None else None
+    return bool(ranks.agree(over)) if ranks is not None else over
+
+
 def run(model: Any, specs: Sequence[MethodSpec], *, questions: Sequence[Question] | None = None,
         prompts: Sequence[Any] | None = None, tokenizer: Any = None, max_new_tokens: int = 128,
         multi_turn: bool = False, warmup: bool = True, progress: bool = True,
@@ -212,8 +223,7 @@ def run(model: Any, specs: Sequence[MethodSpec], *, questions: Sequence[Question
     interrupted = False
     try:
         for index, (prompt, answered) in enumerate(source):
-            elapsed = time.perf_counter() - began
-            if time_limit is not None and done and elapsed + elapsed / done > time_limit:
+            if out_of_time(model, time.perf_counter() - began, done, time_limit):
                 bar.write(f"time limit {time_limit:.0f} s: stopping after {done} of {planned} prompts", file=sys.stderr)
                 break
             if index == 0 and warmup:
