@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from typing import Any, Sequence
 
 # Set by `launch` for the ranks it starts: the rank count (a rank then joins instead of launching again).
@@ -74,18 +75,46 @@ def launch(argv: Sequence[str], nproc: int) -> int:
            "PYTHONUNBUFFERED": "1"}
     print(f"decodekit: starting {nproc} ranks (torch.distributed.run, {'nccl' if gpus else 'gloo'})", file=sys.stderr,
           flush=True)
-    # The ranks run in a session of their own, so that a Ctrl-C here reaches them only through `_stop`.
-    proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    # The ranks run in a session of their own, so that a Ctrl-C here reaches them only through `_stop`; their
+    # stderr comes through `_Relay`, which drops what the launcher and the ranks write while they are stopped.
+    proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    relay = _Relay(proc.stderr)
     try:
         code = proc.wait()
     except BaseException:
+        relay.muted = True  # torch.distributed.run reports a signal with a traceback: the user pressed Ctrl-C
         _stop(proc)
         raise
+    finally:
+        relay.join(timeout=5)
     if code != 0:
         print(f"decodekit: error: the {nproc} ranks ended with exit status {code} (torch.distributed.run's report "
               f"is above; port {port} on 127.0.0.1 was their meeting point)", file=sys.stderr)
         return 2 if code > 0 else 1
     return 0
+
+
+class _Relay(threading.Thread):
+    """Copies the ranks' stderr (the launcher's and every rank's: they share it) to this process's stderr as it
+    comes, progress bars included, until `muted`."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.muted = False
+        self.start()
+
+    def run(self) -> None:
+        out = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
+        while chunk := os.read(self.stream.fileno(), 65536):
+            if self.muted:
+                continue
+            if out is not None:
+                out.write(chunk)
+                out.flush()
+            else:
+                sys.stderr.write(chunk.decode(errors="replace"))
 
 
 def _stop(proc: subprocess.Popen) -> None:
