@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import signal
 import socket
@@ -20,8 +21,11 @@ import sys
 import threading
 from typing import Any, Sequence
 
-# Set by `launch` for the ranks it starts: the rank count (a rank then joins instead of launching again).
+# Set by `launch` for the ranks it starts: the rank count (a rank then joins instead of launching again), and
+# the command line they run (JSON). The words do not go on torch.distributed.run's own command line: its
+# parser would take some of them for its own options (`--nproc` for `--nproc-per-node`).
 ENV_NPROC = "DECODEKIT_NPROC"
+ENV_ARGV = "DECODEKIT_ARGV"
 JOIN_TIMEOUT_S = 120  # how long a rank waits for the others to join the group (and for a collective)
 STOP_GRACE_S = 15  # after a Ctrl-C: how long the ranks get to end before they are killed
 
@@ -70,8 +74,9 @@ def launch(argv: Sequence[str], nproc: int) -> int:
     port = os.environ.get("MASTER_PORT") or str(_free_port())  # torch's own variable, if the user set one
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
                "--master_addr=127.0.0.1", f"--master_port={port}", "--max_restarts=0",
-               "-m", "decodekit.cli", *argv]
-    env = {**os.environ, ENV_NPROC: str(nproc), "OMP_NUM_THREADS": str(_threads_per_rank(nproc)),
+               "-m", "decodekit.cli_ranks"]
+    env = {**os.environ, ENV_NPROC: str(nproc), ENV_ARGV: json.dumps(list(argv)),
+           "OMP_NUM_THREADS": str(_threads_per_rank(nproc)),
            "PYTHONUNBUFFERED": "1"}
     print(f"decodekit: starting {nproc} ranks (torch.distributed.run, {'nccl' if gpus else 'gloo'})", file=sys.stderr,
           flush=True)
@@ -168,3 +173,15 @@ def leave() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _rank_main() -> int:
+    """A rank's entry point (`python -m decodekit.cli_ranks` under torch.distributed.run): the command line
+    `launch` was given."""
+    from decodekit.cli import main
+
+    return main(json.loads(os.environ[ENV_ARGV]))
+
+
+if __name__ == "__main__":
+    sys.exit(_rank_main())

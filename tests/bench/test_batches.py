@@ -258,7 +258,7 @@ def test_cli_batch_run_end_to_end(tiny, toy_tokenizer, tmp_path, monkeypatch, ca
     questions.write_text("".join(json.dumps({"question_id": i, "category": c, "turns": [f"{LONG} ({i})"]}) + "\n"
                                  for i, c in enumerate(["writing", "writing", "qa"])))
     monkeypatch.setattr(decodekit.bench.api, "model_folder", lambda name: tmp_path)
-    monkeypatch.setattr(decodekit.bench.api, "load_model", lambda name, dtype="float32": (tiny, toy_tokenizer))
+    monkeypatch.setattr(decodekit.bench.api, "load_model", lambda name, dtype="float32", tp_size=None: (tiny, toy_tokenizer))
     monkeypatch.setattr(decodekit.core.backend, "load_tokenizer", lambda folder: toy_tokenizer)
     monkeypatch.setattr(decodekit.core.backend, "load_config", lambda folder: tiny.config)
     out = tmp_path / "out"
