@@ -31,7 +31,7 @@ demo: setup
 	for public libraries and parks." --strategy lookahead --max-new-tokens 128 --compare greedy
 
 test: setup
-	$(PY) -m pytest -p no:cacheprovider --hypothesis-profile=ci
+	$(PY) -m pytest -p no:cacheprovider --hypothesis-profile=ci --durations=25
 
 bench: setup
 	$(VENV)/bin/decodekit bench --per-category 2 --max-new-tokens 128 --time-limit 780 --out bench-out

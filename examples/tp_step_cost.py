@@ -3,7 +3,7 @@
     torchrun --nproc_per_node 2 examples/tp_step_cost.py [--dtype float32] [--cached 256]
     OMP_NUM_THREADS=1 python examples/tp_step_cost.py     # one process: the same forwards, unsharded
 
-Times forwards of 1, 4, 16 and 64 new tokens after `--cached` tokens, on the default model sharded over
+Times forwards of 1 to 128 new tokens after `--cached` tokens, on the default model sharded over
 the ranks (or whole, in one process). On several ranks it also profiles one forward of each size
 (torch.profiler) and reports the all-reduces transformers' tensor parallelism made inside it, with the
 time spent in them, and times two collectives of what lookahead parallelism would exchange instead
@@ -25,7 +25,7 @@ import decodekit
 from decodekit.core.backend import HFBackend
 from decodekit.core.machine import describe_cpu
 
-TOKENS = (1, 4, 16, 64)
+TOKENS = (1, 4, 8, 16, 32, 64, 128)
 
 
 def timed(fn, repeats: int) -> float:
