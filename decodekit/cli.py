@@ -136,6 +136,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGINT, previous)
 
 
+def positive_int(text: str, allowed: str = "an integer >= 1") -> int:
+    """An argparse type: `text` as an int >= 1, else an error that says what is `allowed`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
+    return value
+
+
 def check_lengths(config: Any, max_new_tokens: int, prompts: Iterable[tuple[str, int]]) -> None:
     """Every prompt's length + --max-new-tokens must fit the model (`config`: its config, read before the
     weights load); prompts are (how to name it, its length in tokens)."""

@@ -8,24 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from decodekit import cli_ranks
-
-
-def _positive_int(text: str, allowed: str = "an integer >= 1") -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
-    return value
+from decodekit.cli import positive_int
 
 
 def _per_category(text: str) -> int | None:
-    return None if text == "all" else _positive_int(text, "an integer >= 1 or 'all'")
+    return None if text == "all" else positive_int(text, "an integer >= 1 or 'all'")
 
 
 def _batch_size(text: str) -> int:
-    return _positive_int(text)
+    return positive_int(text)
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:

@@ -31,13 +31,9 @@ STOP_GRACE_S = 15  # after a Ctrl-C: how long the ranks get to end before they a
 
 
 def nproc_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (ranks to shard the model over), got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (ranks to shard the model over), got {text!r}")
-    return value
+    from decodekit.cli import positive_int
+
+    return positive_int(text, "an integer >= 1 (ranks to shard the model over)")
 
 
 def add_nproc_argument(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import decodekit
+import decodekit.cli
 from decodekit.cli import INTERRUPTED
 from tests.distributed.test_tensor_parallel import pytestmark as _distributed
 from tests.realmodel.test_cli_faults import Running
@@ -43,6 +44,29 @@ def test_generate_on_two_ranks_prints_hf_greedys_text_once_and_lookahead_equals_
     assert run.stdout.strip() == text.strip()  # rank 0's streamed text, once: rank 1 prints nothing
     assert "outputs identical: yes" in run.stderr, run.stderr[-2000:]
     assert run.stderr.count("[lookahead]") == 1 and "sharded over 2 ranks" in run.stderr
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["generate", "Hi", "--nproc", "0"], "argument --nproc: must be an integer >= 1 (ranks to shard the model over), got '0'"),
+    (["bench", "--nproc", "two"], "argument --nproc: must be an integer >= 1 (ranks to shard the model over), got 'two'"),
+    (["generate", "Hi", "--nproc", "7"], "cannot split over 7 ranks, and an MLP of 1536 that it cannot split over them "
+                                         "either; allowed tp_size (rank counts): 1, 3; with attention kept whole: 2, 4"),
+    (["bench", "--per-category", "1", "--nproc", "5"], "cannot split over 5 ranks"),
+])
+def test_a_rank_count_that_cannot_work_is_refused_before_any_rank_starts(argv, says, capsys, monkeypatch):
+    from decodekit import cli_ranks
+
+    def must_not_launch(*args, **kwargs):
+        raise AssertionError("ranks were started")
+
+    monkeypatch.setattr(cli_ranks, "launch", must_not_launch)
+    try:
+        code = decodekit.cli.main(argv)
+    except SystemExit as exc:  # the parser's own refusal
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert says in err.strip().splitlines()[-1], err  # the last line (the parser prints its usage above it)
 
 
 def test_a_port_in_use_ends_every_rank_with_a_clear_message():

@@ -197,6 +197,9 @@ def test_a_model_whose_heads_do_not_split_over_the_ranks_keeps_attention_whole()
     assert check_shardable(config, 3) is None  # the model's own plan, whole
     assert check_shardable(config, 2) == {f"model.layers.*.self_attn.{p}": "replicate"
                                           for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    with pytest.raises(ModelNotSupportedError, match=r"cannot split over 7 ranks, .*; allowed tp_size \(rank counts\): "
+                                                     r"1, 3; with attention kept whole: 2, 4, 6, 8, 12, 16$"):
+        check_shardable(config, 7)
 
 
 def test_a_model_that_splits_over_the_ranks_neither_by_heads_nor_by_mlp_is_refused_before_loading():

@@ -87,10 +87,13 @@ def check_shardable(config: Any, ranks: int, role: str = "model") -> dict[str, s
     override = attention_kept_whole_plan(config)
     if isinstance(intermediate, int) and intermediate % ranks == 0 and override:
         return override
+    mlp_only = [n for n in range(2, 17) if override and isinstance(intermediate, int) and intermediate % n == 0
+                and n not in sizes]  # rank counts that work with attention kept whole (up to 16 named)
+    also = f"; with attention kept whole: {', '.join(map(str, mlp_only))}" if mlp_only else ""
     raise ModelNotSupportedError(
         f"{role} has {text.num_attention_heads} attention heads and {kv} key-value heads, which tensor "
         f"parallelism cannot split over {ranks} ranks, and an MLP of {intermediate} that it cannot split over "
-        f"them either; allowed tp_size (rank counts): {', '.join(map(str, sizes))}")
+        f"them either; allowed tp_size (rank counts): {', '.join(map(str, sizes))}{also}")
 
 
 def model_ranks(model: Any, role: str = "model") -> Ranks | None:
