@@ -136,8 +136,11 @@ def _generate(args: argparse.Namespace, info: Any, params: dict, param_words: li
         layers = args.draft_layers
         if layers is None:
             layers = max(1, 3 * layer_count // 4)
-        params["draft_model"] = truncated_draft(model, layers=layers)
-        print(f"draft model: the first {layers} layers of {decodekit.models.DEFAULT_MODEL}", file=sys.stderr)
+        # sharded, the target's slices cannot make a draft: each rank truncates a whole copy instead
+        whole = decodekit.models.load_default(args.dtype)[0] if tp_size else model
+        params["draft_model"] = truncated_draft(whole, layers=layers)
+        print(f"draft model: the first {layers} layers of {decodekit.models.DEFAULT_MODEL}"
+              f"{', whole on every rank' if tp_size else ''}", file=sys.stderr)
 
     if args.batch:
         return _generate_batch(args, model, tokenizer, ids, mask, params, param_words)

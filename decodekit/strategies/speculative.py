@@ -184,6 +184,17 @@ def _layer_count(config: Any) -> int:
     return count
 
 
+def _refuse_sharded(model: Any, what: str) -> None:
+    """A draft built from a sharded model's slices would lose its tensor-parallel plan: refused, saying what works."""
+    from decodekit.core.backend import is_sharded
+
+    if is_sharded(model):
+        raise ModelNotSupportedError(
+            f"{what} needs a model every rank holds whole, got one sharded over ranks (tensor parallelism); build "
+            f"the draft from an unsharded copy on each rank (decodekit.models.load_default(dtype), or "
+            f"load_pretrained without tp_size), or pass a draft model loaded with tp_size")
+
+
 def truncated_draft(model: Any, layers: int) -> Any:
     """A cheaper draft from the target: its embeddings, first `layers` decoder layers, final norm and head.
 
@@ -196,6 +207,7 @@ def truncated_draft(model: Any, layers: int) -> Any:
 
     if not is_hf_model(model):
         raise ModelNotSupportedError(f"truncated_draft needs a transformers PreTrainedModel, got {type(model).__name__}")
+    _refuse_sharded(model, "truncated_draft")
     text = model.config.get_text_config(decoder=True)
     total = _layer_count(text)
     if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= total:
@@ -232,6 +244,7 @@ def int8_draft(model: Any) -> Any:
 
     if not is_hf_model(model):
         raise ModelNotSupportedError(f"int8_draft needs a transformers PreTrainedModel, got {type(model).__name__}")
+    _refuse_sharded(model, "int8_draft")
     if model.dtype != torch.float32 or model.device.type != "cpu":
         raise InputError(f"int8_draft needs a float32 model on the CPU, got {model.dtype} on {model.device}")
     with warnings.catch_warnings():

@@ -25,6 +25,7 @@ pytestmark = [*_distributed, pytest.mark.realmodel]
 CLI = str(Path(sys.executable).with_name("decodekit"))
 PROMPT = "Repeat this list twice: apples, pears, plums, figs."
 NEW = 24
+TAG = "DECODEKIT_TEST_RUN"  # an environment variable naming the test whose ranks these are
 
 
 def _run(argv: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
@@ -82,7 +83,8 @@ def test_a_port_in_use_ends_every_rank_with_a_clear_message():
     assert time.monotonic() - began < 200
 
 
-def test_a_rank_that_dies_ends_the_others_with_a_clear_message(tmp_path):
+def test_a_rank_that_dies_ends_the_others_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv(TAG, str(tmp_path))  # inherited by this command's ranks alone
     run = Running(["generate", "Tell me a long story about a dragon.", "--nproc", "2", "--max-new-tokens", "400"],
                   cwd=tmp_path)
     run.wait_for("stdout", r"\w+ \w+ \w+")  # rank 0 streams: the ranks are decoding, in their collectives
@@ -101,7 +103,9 @@ def test_a_rank_that_dies_ends_the_others_with_a_clear_message(tmp_path):
 
 
 def _ranks() -> dict[int, int]:
-    """pid -> RANK of every live process that `--nproc` started (they carry DECODEKIT_NPROC)."""
+    """pid -> RANK of every live process that this test's `--nproc` command started: they carry
+    DECODEKIT_NPROC, and the test's TAG (other decodekit runs on the machine carry another or none)."""
+    tag = os.environ[TAG]
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -110,12 +114,13 @@ def _ranks() -> dict[int, int]:
             env = dict(item.split("=", 1) for item in (entry / "environ").read_text().split("\0") if "=" in item)
         except OSError:
             continue
-        if "DECODEKIT_NPROC" in env and "RANK" in env:
+        if "DECODEKIT_NPROC" in env and "RANK" in env and env.get(TAG) == tag:
             found[int(entry.name)] = int(env["RANK"])
     return found
 
 
-def test_ctrl_c_ends_every_rank_with_one_line(tmp_path):
+def test_ctrl_c_ends_every_rank_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv(TAG, str(tmp_path))
     run = Running(["generate", "Tell me a long story about a dragon.", "--nproc", "2", "--max-new-tokens", "400"],
                   cwd=tmp_path)
     run.wait_for("stdout", r"\w+ \w+ \w+")

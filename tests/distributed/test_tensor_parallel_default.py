@@ -1,8 +1,10 @@
 """The default model (SmolLM2-135M-Instruct, float32) sharded over 2 ranks under torchrun, gloo on the CPU.
 
 Its 9 attention heads and 3 key-value heads do not split over 2 ranks: its attention stays whole on every
-rank and its MLPs are sharded (test_tensor_parallel.py). Every exact strategy that needs no draft model gives single-process HF greedy's
-tokens on every rank. Slow for a test (about a minute on 2 busy CPU cores): selected by `-m distributed` and `-m realmodel`.
+rank and its MLPs are sharded (test_tensor_parallel.py). Every exact strategy (speculative with a draft cut
+from a whole copy on every rank) gives single-process HF greedy's tokens on every rank; a draft cut from the
+target's slices is refused. Slow for a test (about a minute on 2 busy CPU cores): selected by `-m distributed`
+and `-m realmodel`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ def test_every_exact_strategy_on_the_sharded_default_model_equals_hf_greedy_on_e
            decodekit.models.cache_dir())
     reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(RANKS)]
     for report in reports:
+        assert report.pop("draft-from-slices").startswith("truncated_draft needs a model every rank holds whole")
+        assert set(report) == {"greedy", "jacobi", "lookahead-fixed", "lookahead-planned", "prompt-lookup", "speculative"}
         for run, results in report.items():
             for i, got in enumerate(results):
                 assert "error" not in got, f"{run}, prompt {i}: {got}"

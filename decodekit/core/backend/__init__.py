@@ -47,6 +47,11 @@ def _device_mesh(model: Any) -> Any:
     return next((p.device_mesh for p in model.parameters() if isinstance(p, DTensor)), None)
 
 
+def is_sharded(model: Any) -> bool:
+    """Whether `model`'s weights are sharded over ranks (tensor parallelism)."""
+    return _device_mesh(model) is not None
+
+
 def shardable_sizes(config: Any) -> list[int]:
     """The rank counts a model's attention splits over evenly (tensor parallelism gives each rank whole heads):
     the common divisors of its attention heads and key-value heads."""
