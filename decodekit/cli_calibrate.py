@@ -41,12 +41,15 @@ def _load(loads: Any) -> str:
     return f"{loads[0]:.2f}" if loads else "unknown"
 
 
-def table(cost: Any, cached: int) -> list[str]:
-    """Markdown rows: tokens -> ms and x one token at `cached` cached positions."""
+def table(cost: Any, cached: int, measured: Any = None) -> list[str]:
+    """Markdown rows: tokens -> ms and x one token at `cached` cached positions (measured: the medians
+    before noise dips were pooled, {tokens: seconds}, shown beside the curve)."""
     one = cost.seconds(1, cached)
-    rows = [f"| tokens | ms at {cached} cached | x one token |", "| --- | --- | --- |"]
+    extra = " | ms measured (before pooling) |" if measured else " |"
+    rows = [f"| tokens | ms at {cached} cached | x one token{extra}", "| --- | --- | ---" + (" | --- |" if measured else " |")]
     for tokens, seconds in cost.curve(cached, [k for k, _ in cost.points]):
-        rows.append(f"| {tokens} | {1000 * seconds:.2f} | {seconds / one:.2f} |")
+        shown = f" | {1000 * measured[tokens]:.2f} |" if measured and tokens in measured else (" | |" if measured else " |")
+        rows.append(f"| {tokens} | {1000 * seconds:.2f} | {seconds / one:.2f}{shown}")
     return rows
 
 
@@ -57,10 +60,11 @@ def report(cost: Any, *, model: str, dtype: str, device: str, path: Path | None)
     info = cost.info
     lines = [f"model: {model} ({dtype}, {device}), torch threads {info.get('torch_threads')}",
              f"cpu: {describe_cpu()}",
-             f"measured in {info.get('measure_seconds', 0):.1f} s, median of {info.get('repeats')} per size; "
+             f"measured in {info.get('measure_seconds', 0):.1f} s, median of {info.get('repeats')} per size, dips "
+             f"within the rounds' noise pooled; "
              f"load average (1 min) {_load(info.get('load_average'))} before, {_load(info.get('load_average_after'))} "
              f"after (other work on the machine inflates and distorts the curve)", "",
-             *table(cost, cost.reference_cached)]
+             *table(cost, cost.reference_cached, {int(k): float(v) for k, v in info.get("measured_points", [])})]
     second = info.get("second_cached")
     if second:
         measured = ", ".join(f"{k} token{'s' * (k != 1)} {1000 * s:.2f} ms" for k, s in info.get("second_points", []))

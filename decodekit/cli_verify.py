@@ -26,15 +26,12 @@ from typing import Any
 import attrs
 import torch
 
+from decodekit.bench.divergence import NEAR_TIE_MARGIN, Margins, top2_margin  # noqa: F401  (top2_margin: imported from here by older callers)
 from decodekit.bench.questions import ENV_QUESTIONS as SPEC_BENCH_ENV
 from decodekit.bench.questions import default_questions_path, read_questions
 from decodekit.cli import parse_strategy_params
 from decodekit.fileio import write_text
 
-# Below this greedy top-2 logit margin a first difference counts as a numerical near-tie. The values
-# are a few times the logit error a reordered reduction causes in a ~100M-parameter model at that
-# precision (a few units in the last place of logits of magnitude ~10-30).
-NEAR_TIE_MARGIN = {"float64": 1e-6, "float32": 1e-3, "float16": 5e-2, "bfloat16": 2.5e-1}
 DEFAULT_MAX_NEW_TOKENS = 64
 
 
@@ -124,18 +121,6 @@ def encode(tokenizer: Any, text: str) -> torch.Tensor:
     return torch.tensor([tokenizer(text)["input_ids"]], dtype=torch.long)  # (1, T)
 
 
-def top2_margin(model: Any, prefix: list[int]) -> float:
-    """Greedy's top-2 logit margin after `prefix`: logit of the best token minus the second best."""
-    from decodekit.core.backend import HFBackend
-
-    backend = HFBackend.for_model(model)
-    ids = torch.tensor(prefix, dtype=torch.long)  # (L,)
-    with torch.inference_mode():
-        logits = backend.forward(ids, torch.arange(ids.shape[0]), backend.new_cache(), None, logits_to_keep=1)  # (1, V)
-    top = logits[-1].double().topk(2).values  # (2,)
-    return float(top[0] - top[1])
-
-
 def encode_checked(model_spec: str, rows: list[Prompt], max_new_tokens: int) -> list[torch.Tensor]:
     """Every prompt as (1, T) ids, each checked against the model's length limits: from its config and
     tokenizer alone, before its weights load."""
@@ -166,9 +151,8 @@ class Verdict:
 def judge(model: Any, tokenizer: Any, dtype: str, prompt_ids: list[int], greedy: list[int], output: list[int],
           threshold: float) -> Verdict:
     """Compare the strategy's new tokens with greedy's; at the first difference, measure greedy's margin."""
-    from decodekit.testing.exactness import first_difference
-
-    at = first_difference(greedy, output)
+    found = Margins(model, threshold).compare(prompt_ids, greedy, output)
+    at = found.position
     if at is None:
         return Verdict(status="identical", text=f"identical ({len(greedy)} new tokens)")
 
@@ -178,14 +162,13 @@ def judge(model: Any, tokenizer: Any, dtype: str, prompt_ids: list[int], greedy:
         return f"{tokens[at]} {tokenizer.decode([tokens[at]])!r}" if tokenizer is not None else str(tokens[at])
 
     where = f"differs at new token {at}: greedy {shown(greedy)}, strategy {shown(output)}"
-    if at >= len(greedy) or at >= len(output):
+    if found.margin is None:
         return Verdict(status="mismatch", position=at, text=f"{where}; one output stopped early: REAL MISMATCH")
-    margin = top2_margin(model, prompt_ids + greedy[:at])
-    near = margin < threshold
-    verdict = (f"{where}; greedy top-2 margin {margin:.3g} {'<' if near else '>='} {threshold:g} ({dtype}): "
+    near = bool(found.near_tie)
+    verdict = (f"{where}; greedy top-2 margin {found.margin:.3g} {'<' if near else '>='} {threshold:g} ({dtype}): "
                + ("near-tie" if near else "REAL MISMATCH"))
     return Verdict(status="near-tie" if near else "mismatch", position=at, greedy_token=greedy[at],
-                   strategy_token=output[at], margin=margin, text=verdict)
+                   strategy_token=output[at], margin=found.margin, text=verdict)
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ import torch
 
 import decodekit
 
-from decodekit.cli_verify import top2_margin  # noqa: F401  (re-exported for the real-model tests)
+from decodekit.bench.divergence import top2_margin  # noqa: F401  (re-exported for the real-model tests)
 from decodekit.testing.exactness import first_difference  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import attrs
 
 from decodekit.bench import memory
+from decodekit.bench.divergence import Margins
 from decodekit.bench.methods import (REFERENCE, Batch, BatchResult, MethodSpec, batch_runner_for, check_batch_size,
                                      pad_left)
 from decodekit.bench.questions import Question
@@ -47,6 +48,11 @@ class BatchRecord:
     identical: tuple[bool, ...] = attrs.field(converter=tuple)
     peak_memory_bytes: int | None
     memory_added_bytes: int | None
+    # per row, where it parts from hf-greedy's row (decodekit.bench.divergence): the first differing new
+    # token, greedy's top-2 logit margin there, whether that is a near-tie (None where the row is identical)
+    first_difference: tuple[int | None, ...] = attrs.field(default=(), converter=tuple)
+    margin: tuple[float | None, ...] = attrs.field(default=(), converter=tuple)
+    near_tie: tuple[bool | None, ...] = attrs.field(default=(), converter=tuple)
 
 
 @attrs.frozen(kw_only=True)
@@ -75,6 +81,7 @@ class BatchBench:
     prompts_planned: int
     time_limit: float | None = None
     interrupted: bool = False
+    near_tie_margin: float | None = None  # the top-2 margin below which a difference is a near-tie
 
 
 def check_batch_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
@@ -133,30 +140,37 @@ def warm_up(specs: Sequence[MethodSpec], model: Any, batch: Batch, drafts: Mappi
 
 def run_batch(specs: Sequence[MethodSpec], model: Any, prompts: Sequence[Prompt], batch: Batch, *,
               batch_size: int, batch_index: int, max_new_tokens: int, drafts: Mapping[str, Any],
-              tick: Callable[[str], None] | None = None) -> list[BatchRecord]:
-    """Every method once on one batch (the order rotated by batch_index); records in spec order."""
+              tick: Callable[[str], None] | None = None, margins: Margins | None = None) -> list[BatchRecord]:
+    """Every method once on one batch (the order rotated by batch_index); records in spec order.
+
+    A row that differs from hf-greedy's is classified afterwards, outside every timed call, against a
+    one-row forward of its prompt (`margins`: a decodekit.bench.divergence.Margins; None makes one).
+    """
     results: dict[str, tuple[BatchResult, int | None, int | None]] = {}
     for spec in _rotated(specs, batch_index):
         results[spec.label] = _run_one(spec, model, batch, max_new_tokens, drafts)
         if tick is not None:
             tick(spec.label)
     reference = results[REFERENCE][0].new_tokens
+    margins = margins if margins is not None else Margins(model)
     records = []
     for spec in specs:
         result, peak, added = results[spec.label]
+        found = [margins.compare(p.input_ids, ref, row) for p, ref, row in zip(prompts, reference, result.new_tokens)]
         records.append(BatchRecord(
             method=spec.label, batch_size=batch_size, batch_index=batch_index,
             question_ids=[p.question_id for p in prompts], categories=[p.category for p in prompts],
             prompt_tokens=[len(p.input_ids) for p in prompts], padded_length=int(batch.input_ids.shape[1]),
             new_tokens=[len(row) for row in result.new_tokens], seconds=result.seconds, forwards=result.forwards,
             identical=[row == ref for row, ref in zip(result.new_tokens, reference)],
-            peak_memory_bytes=peak, memory_added_bytes=added))
+            peak_memory_bytes=peak, memory_added_bytes=added, first_difference=[f.position for f in found],
+            margin=[f.margin for f in found], near_tie=[f.near_tie for f in found]))
     return records
 
 
 def _run_size(specs: Sequence[MethodSpec], model: Any, prompts: Sequence[Prompt], batch_size: int, *, pad_id: int,
               max_new_tokens: int, drafts: Mapping[str, Any], warmup: bool, time_limit: float | None, bar: Any,
-              records: list[BatchRecord]) -> int:
+              records: list[BatchRecord], margins: Margins | None = None) -> int:
     """Run one batch size, appending each finished batch's records to `records`; returns the batches run.
 
     time_limit: no further batch starts once the elapsed time plus the mean time of a batch so far would pass it.
@@ -179,7 +193,7 @@ def _run_size(specs: Sequence[MethodSpec], model: Any, prompts: Sequence[Prompt]
             bar.update(1)
 
         records.extend(run_batch(specs, model, rows, batch, batch_size=batch_size, batch_index=index,
-                                 max_new_tokens=max_new_tokens, drafts=drafts, tick=tick))
+                                 max_new_tokens=max_new_tokens, drafts=drafts, tick=tick, margins=margins))
         done += 1
     return done
 
@@ -216,6 +230,7 @@ def run(model: Any, specs: Sequence[MethodSpec], *, batch_sizes: Sequence[int],
     if not items:
         raise InputError("no prompts to benchmark")
     pad_id = pad_id_for(tokenizer, model)
+    margins = Margins(model)
     share = None if time_limit is None else time_limit / len(sizes)
     total = sum(len(group(items, size)) for size in sizes) * len(specs)
     bar = tqdm(total=total, file=sys.stderr, disable=not progress, unit="run", dynamic_ncols=True)
@@ -227,7 +242,8 @@ def run(model: Any, specs: Sequence[MethodSpec], *, batch_sizes: Sequence[int],
             done = 0
             try:
                 done = _run_size(specs, model, items, size, pad_id=pad_id, max_new_tokens=max_new_tokens,
-                                 drafts=drafts, warmup=warmup, time_limit=share, bar=bar, records=records)
+                                 drafts=drafts, warmup=warmup, time_limit=share, bar=bar, records=records,
+                                 margins=margins)
             except KeyboardInterrupt:
                 interrupted = True
                 done = len(records) // len(specs)
@@ -243,4 +259,5 @@ def run(model: Any, specs: Sequence[MethodSpec], *, batch_sizes: Sequence[int],
         raise KeyboardInterrupt
     return BatchBench(methods=specs, batch_sizes=sizes, runs=runs, pad_id=pad_id, max_new_tokens=max_new_tokens,
                       device=str(model.device), memory_method=memory.method_name(model.device),
-                      prompts_planned=len(items), time_limit=time_limit, interrupted=interrupted)
+                      prompts_planned=len(items), time_limit=time_limit, interrupted=interrupted,
+                      near_tie_margin=margins.threshold)

@@ -14,6 +14,7 @@ COLUMNS = (
     ("tokens/forward", "mean_tokens_per_forward"),
     ("tokens computed/step", "tokens_computed_per_step"),
     ("identical to hf-greedy", "identical_fraction"),
+    ("differing: near-tie / other", "differences"),
     ("peak memory (MiB)", "peak_memory_mib"),
     ("memory added (MiB)", "memory_added_mib"),
 )
@@ -27,6 +28,7 @@ BATCH_COLUMNS = (
     ("mean row latency (s)", "mean_row_latency_s"),
     ("tokens/forward", "tokens_per_forward"),
     ("identical to hf-greedy", "identical_fraction"),
+    ("differing: near-tie / other", "differences"),
     ("peak memory (MiB)", "peak_memory_mib"),
 )
 
@@ -43,8 +45,16 @@ def _fmt(key: str, value: Any) -> str:
     return str(value)
 
 
+def _value(figures: Mapping[str, Any], key: str) -> Any:
+    """A column's value; "differences" joins near_ties and other_differences (absent in older documents)."""
+    if key == "differences":
+        near, other = figures.get("near_ties"), figures.get("other_differences")
+        return None if near is None or other is None else f"{near} / {other}"
+    return figures[key]
+
+
 def _batch_rows(doc: Mapping[str, Any]) -> list[list[str]]:
-    return [[_fmt(key, row[key]) for _, key in BATCH_COLUMNS] for row in doc["batch"]["table"]]
+    return [[_fmt(key, _value(row, key)) for _, key in BATCH_COLUMNS] for row in doc["batch"]["table"]]
 
 
 def _loads(values: Sequence[float] | None) -> str:
@@ -52,7 +62,7 @@ def _loads(values: Sequence[float] | None) -> str:
 
 
 def _rows(table: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
-    return [[label] + [_fmt(key, figs[key]) for _, key in COLUMNS[1:]] for label, figs in table.items()]
+    return [[label] + [_fmt(key, _value(figs, key)) for _, key in COLUMNS[1:]] for label, figs in table.items()]
 
 
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -117,6 +127,10 @@ def _setup(doc: Mapping[str, Any], prompts: str) -> list[str]:
         f"- software: Python {software['python']}, torch {software['torch']}, transformers "
         f"{software['transformers']}, decodekit {software['decodekit']}",
         f"- memory: {config['memory_method']}",
+        *([f"- differing outputs: where a method's output parts from hf-greedy's, hf-greedy's top-2 logit margin at "
+           f"the first differing new token (one forward of the prompt and the shared tokens); a near-tie below "
+           f"{config['near_tie_margin']:g}, where rounding can swap the two tokens; other: at or above it, or one "
+           f"output stopping where the other goes on"] if config.get("near_tie_margin") is not None else []),
         *([f"- **cut short by {_cut_by(config)}: {config['prompts_run']} of {config['prompts_planned']} prompts ran**"]
           if config.get("prompts_run", 0) < config.get("prompts_planned", 0) else []),
     ]

@@ -10,6 +10,9 @@ Definitions (every figure is computed over the same prompts for every method):
 - tokens_computed_per_step: tokens fed through the target model per forward after the prefill (what a
   step costs: 1 for greedy, 1 + guesses for prompt lookup, more for lookahead's window).
 - identical_fraction: prompts whose new tokens equal hf-greedy's, token for token.
+- near_ties, other_differences: of the prompts that differ, those whose first differing new token is a
+  numerical near-tie (hf-greedy's top-2 logit margin there below near_tie_margin for the dtype; see
+  decodekit.bench.divergence), and the rest. Each record holds its first_difference, margin and near_tie.
 - peak_memory_mib: the highest memory during any one call, model weights included; memory_added_mib:
   the most one call added over the memory before it (see decodekit.bench.memory for how; rough figures).
 
@@ -20,7 +23,8 @@ and method, over the same batches for every method:
 - mean_row_latency_s: the mean over rows of the seconds of the call that decoded the row (a batch's call is
   the latency of every row in it).
 - tokens_per_forward: new tokens of all rows / forward passes of the target model (prefills included).
-- identical_fraction: rows whose new tokens equal hf-greedy's row; peak_memory_mib, memory_added_mib as above.
+- identical_fraction: rows whose new tokens equal hf-greedy's row; near_ties, other_differences: rows as
+  above (the margin from a one-row forward of the row's prompt); peak_memory_mib, memory_added_mib as above.
 """
 
 from __future__ import annotations
@@ -42,11 +46,11 @@ SCHEMA = "decodekit-bench/1"
 TOP_LEVEL_KEYS = ("schema", "created_utc", "command", "machine", "software", "config", "methods", "summary",
                   "records", "sweep")
 FIGURE_KEYS = ("prompts", "new_tokens", "seconds", "tokens_per_second", "speedup", "time_ratio",
-               "mean_tokens_per_forward", "tokens_computed_per_step", "identical_fraction", "peak_memory_mib",
-               "memory_added_mib")
+               "mean_tokens_per_forward", "tokens_computed_per_step", "identical_fraction", "near_ties",
+               "other_differences", "peak_memory_mib", "memory_added_mib")
 BATCH_FIGURE_KEYS = ("batch_size", "method", "batches", "prompts", "new_tokens", "seconds", "tokens_per_second",
-                     "speedup", "mean_row_latency_s", "tokens_per_forward", "identical_fraction", "peak_memory_mib",
-                     "memory_added_mib")
+                     "speedup", "mean_row_latency_s", "tokens_per_forward", "identical_fraction", "near_ties",
+                     "other_differences", "peak_memory_mib", "memory_added_mib")
 
 
 @attrs.frozen(kw_only=True)
@@ -62,6 +66,8 @@ class Figures:
     mean_tokens_per_forward: float | None
     tokens_computed_per_step: float | None
     identical_fraction: float
+    near_ties: int  # prompts that differ from hf-greedy's at a near-tie
+    other_differences: int  # prompts that differ otherwise
     peak_memory_mib: float | None
     memory_added_mib: float | None
 
@@ -94,6 +100,8 @@ def figures(records: Sequence[Record], reference: Sequence[Record]) -> Figures:
         mean_tokens_per_forward=None if not forwards else new_tokens / forwards,
         tokens_computed_per_step=None if computed is None or not steps else computed / steps,
         identical_fraction=sum(r.identical for r in records) / len(records) if records else 0.0,
+        near_ties=sum(1 for r in records if not r.identical and r.near_tie),
+        other_differences=sum(1 for r in records if not r.identical and not r.near_tie),
         peak_memory_mib=max(peaks) / MIB if peaks else None,
         memory_added_mib=max(added) / MIB if added else None,
     )
@@ -133,6 +141,8 @@ class BatchFigures:
     mean_row_latency_s: float
     tokens_per_forward: float | None
     identical_fraction: float
+    near_ties: int  # rows that differ from hf-greedy's row at a near-tie
+    other_differences: int  # rows that differ otherwise
     peak_memory_mib: float | None
     memory_added_mib: float | None
 
@@ -155,9 +165,17 @@ def batch_figures(records: Sequence[BatchRecord], reference: Sequence[BatchRecor
         mean_row_latency_s=sum(r.seconds * len(r.new_tokens) for r in records) / rows if rows else 0.0,
         tokens_per_forward=None if not forwards else new_tokens / forwards,
         identical_fraction=sum(sum(r.identical) for r in records) / rows if rows else 0.0,
+        near_ties=sum(1 for r in records for same, near in _row_verdicts(r) if not same and near),
+        other_differences=sum(1 for r in records for same, near in _row_verdicts(r) if not same and not near),
         peak_memory_mib=max(peaks) / MIB if peaks else None,
         memory_added_mib=max(added) / MIB if added else None,
     )
+
+
+def _row_verdicts(record: BatchRecord) -> list[tuple[bool, bool | None]]:
+    """(identical, near_tie) per row; near_tie None where the record was made without classification."""
+    near = list(record.near_tie) or [None] * len(record.identical)
+    return list(zip(record.identical, near))
 
 
 def batch_table(bench: BatchBench) -> list[dict[str, Any]]:
@@ -265,7 +283,8 @@ def document(run: BenchRun, *, command: Sequence[str], config: Mapping[str, Any]
         "config": {**dict(config), "max_new_tokens": run.max_new_tokens, "multi_turn": run.multi_turn,
                    "device": run.device, "memory_method": run.memory_method, "reference": REFERENCE,
                    "prompts_planned": run.prompts_planned, "prompts_run": run.prompts_run,
-                   "time_limit_s": run.time_limit, "interrupted": run.interrupted},
+                   "time_limit_s": run.time_limit, "interrupted": run.interrupted,
+                   "near_tie_margin": run.near_tie_margin},
         "methods": method_rows(run.methods),
         "summary": summarize(run),
         "records": [attrs.asdict(r) for r in run.records],
@@ -285,7 +304,7 @@ def batch_document(bench: BatchBench, *, command: Sequence[str], config: Mapping
                    "prompts_planned": bench.prompts_planned,
                    "prompts_run": min(ran[s].prompts_run if s in ran else 0 for s in bench.batch_sizes),
                    "time_limit_s": bench.time_limit, "interrupted": bench.interrupted,
-                   "batch_sizes": list(bench.batch_sizes)},
+                   "batch_sizes": list(bench.batch_sizes), "near_tie_margin": bench.near_tie_margin},
         "methods": method_rows(bench.methods),
         "summary": None,
         "records": [],

@@ -15,6 +15,7 @@ import attrs
 import torch
 
 from decodekit.bench import memory
+from decodekit.bench.divergence import Margins
 from decodekit.bench.methods import REFERENCE, MethodSpec, RunResult, runner_for
 from decodekit.bench.questions import Question
 from decodekit.errors import InputError
@@ -46,6 +47,11 @@ class Record:
     identical: bool
     peak_memory_bytes: int | None
     memory_added_bytes: int | None
+    # where the output parts from hf-greedy's (decodekit.bench.divergence): the first differing new token,
+    # greedy's top-2 logit margin there, and whether that margin is a near-tie (all None when identical)
+    first_difference: int | None = None
+    margin: float | None = None
+    near_tie: bool | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -62,6 +68,7 @@ class BenchRun:
     prompts_run: int
     time_limit: float | None = None
     interrupted: bool = False  # Ctrl-C ended the run: the records cover the prompts that finished before it
+    near_tie_margin: float | None = None  # the top-2 margin below which a difference is a near-tie (divergence.py)
 
 
 def _check_methods(specs: Sequence[MethodSpec]) -> None:
@@ -113,8 +120,13 @@ def warm_up(specs: Sequence[MethodSpec], model: Any, prompt: Prompt, drafts: Map
 
 def run_prompt(specs: Sequence[MethodSpec], model: Any, prompt: Prompt, max_new_tokens: int,
                drafts: Mapping[str, Any], order_index: int = 0,
-               tick: Callable[[str], None] | None = None) -> tuple[list[Record], RunResult]:
-    """Every method once on one prompt; records (in spec order) and the reference's result."""
+               tick: Callable[[str], None] | None = None, margins: Margins | None = None
+               ) -> tuple[list[Record], RunResult]:
+    """Every method once on one prompt; records (in spec order) and the reference's result.
+
+    An output that differs from the reference's is classified afterwards, outside every timed call
+    (`margins`: a decodekit.bench.divergence.Margins of the model; None makes one).
+    """
     device = model.device
     ids = _to_ids(prompt.input_ids, device)
     results: dict[str, tuple[RunResult, int | None, int | None]] = {}
@@ -123,15 +135,18 @@ def run_prompt(specs: Sequence[MethodSpec], model: Any, prompt: Prompt, max_new_
         if tick is not None:
             tick(spec.label)
     reference = results[REFERENCE][0]
+    margins = margins if margins is not None else Margins(model)
     records = []
     for spec in specs:
         result, peak, added = results[spec.label]
+        found = margins.compare(prompt.input_ids, reference.new_tokens, result.new_tokens)
         records.append(Record(
             method=spec.label, question_id=prompt.question_id, category=prompt.category, turn=prompt.turn,
             prompt_tokens=len(prompt.input_ids), new_tokens=len(result.new_tokens), seconds=result.seconds,
             forwards=result.forwards, tokens_computed=result.tokens_computed,
             identical=result.new_tokens == reference.new_tokens, peak_memory_bytes=peak,
-            memory_added_bytes=added))
+            memory_added_bytes=added, first_difference=found.position, margin=found.margin,
+            near_tie=found.near_tie))
     return records, reference
 
 
@@ -216,6 +231,7 @@ def run(model: Any, specs: Sequence[MethodSpec], *, questions: Sequence[Question
     if time_limit is not None and (isinstance(time_limit, bool) or not time_limit > 0):
         raise InputError(f"time_limit must be a number of seconds > 0, got {time_limit!r}")
     planned = _prompt_count(questions, None if prompts is None else prompts, multi_turn)
+    margins = Margins(model)
     records: list[Record] = []
     done = 0
     began = time.perf_counter()
@@ -234,7 +250,7 @@ def run(model: Any, specs: Sequence[MethodSpec], *, questions: Sequence[Question
                 bar.set_description(f"{prompt.category}:{prompt.question_id} {label}")
                 bar.update(1)
 
-            got, reference = run_prompt(specs, model, prompt, max_new_tokens, drafts, index, tick)
+            got, reference = run_prompt(specs, model, prompt, max_new_tokens, drafts, index, tick, margins)
             records.extend(got)
             done += 1
             if answered is not None:
@@ -248,4 +264,4 @@ def run(model: Any, specs: Sequence[MethodSpec], *, questions: Sequence[Question
     return BenchRun(methods=specs, records=records, max_new_tokens=max_new_tokens, multi_turn=multi_turn,
                     device=str(model.device), memory_method=memory.method_name(model.device),
                     prompts_planned=planned, prompts_run=done, time_limit=time_limit,
-                    interrupted=interrupted)
+                    interrupted=interrupted, near_tie_margin=margins.threshold)

@@ -40,7 +40,7 @@ import torch
 from decodekit.core.machine import cpu_info
 from decodekit.errors import InputError
 
-COST_FORMAT = 1  # bump when the file's layout or what measure() times changes
+COST_FORMAT = 2  # bump when the file's layout or what measure() times or fits changes (2: the monotone fit)
 DEFAULT_TOKENS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 CURVE_TOKENS = (1, 2, 4, 8, 16, 32, 64)
 SECOND_TOKENS = 16  # the token count also timed at the second cache length
@@ -302,6 +302,36 @@ def _median(values: Sequence[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
+def _spread(values: Sequence[float]) -> float:
+    """A robust standard deviation of repeated timings (1.4826 x the median absolute deviation)."""
+    middle = _median(values)
+    return 1.4826 * _median([abs(v - middle) for v in values])
+
+
+def monotone(points: Mapping[int, float], spread: Mapping[int, float] | None = None) -> dict[int, float]:
+    """Seconds by token count with the dips that are noise pooled away (pool adjacent violators).
+
+    A forward of more tokens does at least the work of one of fewer, so a size timed below a smaller
+    one is usually noise; left in, the planner would favour that size for nothing. Each run of sizes
+    that violates the order is replaced by its mean (the least-squares non-decreasing fit). But some
+    kernels do run a few tokens slower than more (a small matrix product on a slower path): with
+    `spread` (each size's robust standard deviation over the rounds), a dip more than twice the
+    spread of the sizes involved is kept as measured. Without it every dip is pooled.
+    """
+    blocks: list[list[Any]] = []  # [sum of seconds, sizes pooled, token counts]
+    for k in sorted(points):
+        blocks.append([points[k], 1, [k]])
+        while len(blocks) > 1:
+            (total_a, count_a, keys_a), (total_b, count_b, keys_b) = blocks[-2], blocks[-1]
+            dip = total_a / count_a - total_b / count_b
+            noise = 0.0 if spread is None else 2 * max(spread.get(key, 0.0) for key in keys_a + keys_b)
+            if dip <= 0 or (spread is not None and dip > noise):
+                break
+            blocks.pop()
+            blocks[-1] = [total_a + total_b, count_a + count_b, keys_a + keys_b]
+    return {k: total / count for total, count, keys in blocks for k in keys}
+
+
 def _longest(backend: Any) -> int | None:
     limits = [n for n in (backend.max_positions, backend.sliding_window) if n is not None]
     return min(limits) if limits else None
@@ -313,8 +343,8 @@ def _same(value: Any) -> Any:
 
 
 def _rounds(bench: _Bench, sizes: Sequence[int], repeats: int, rng: random.Random,
-            deadline: float, agree: Any = _same) -> tuple[dict[int, float], int]:
-    """(median seconds per size, rounds run) over up to `repeats` rounds, each in a shuffled order; after
+            deadline: float, agree: Any = _same) -> tuple[dict[int, list[float]], int]:
+    """(seconds per size, one per round; rounds run) over up to `repeats` rounds, each in a shuffled order; after
     the first round, no round starts past `deadline` (a machine slower than estimated ends near the budget).
     `agree` makes that decision rank 0's on a sharded model, whose ranks must run the same forwards."""
     times: dict[int, list[float]] = {k: [] for k in sizes}
@@ -325,16 +355,17 @@ def _rounds(bench: _Bench, sizes: Sequence[int], repeats: int, rng: random.Rando
         for k in order:
             times[k].append(bench.time(k))
         done += 1
-    return {k: _median(v) for k, v in times.items()}, done
+    return times, done
 
 
-def measure(model: Any, *, cached: int = 256, tokens: Sequence[int] = DEFAULT_TOKENS, repeats: int = 3,
-            budget_s: float = 6.0) -> CostModel:
+def measure(model: Any, *, cached: int = 256, tokens: Sequence[int] = DEFAULT_TOKENS, repeats: int = 5,
+            budget_s: float = 8.0) -> CostModel:
     """Time real forwards of `model` and fit a CostModel, in about `budget_s` seconds.
 
     After a prefix of `cached` random (seeded) tokens, each count in `tokens` (1 always included) goes
     through one forward with a 4-D causal mask and every row's logits, as a step's forward does,
-    `repeats` times in shuffled orders; the median is kept. A slow model gets fewer counts (at least
+    `repeats` times in shuffled orders; the medians, with dips within the rounds' noise pooled
+    (`monotone`), are the curve (info["measured_points"] keeps them as measured). A slow model gets fewer counts (at least
     four), then fewer repeats. Then the cache grows to a second length (twice `cached`, within what the
     model attends over) and 1 and 16 tokens are timed again: how the cost grows with the cache.
 
@@ -368,16 +399,21 @@ def measure(model: Any, *, cached: int = 256, tokens: Sequence[int] = DEFAULT_TO
         left = budget_s - (time.perf_counter() - began) - second_cost
         chosen, rounds = agree(plan(sizes, repeats, estimate, left))
         rng = random.Random(0)
-        medians, rounds = _rounds(bench, chosen, rounds, rng, deadline=began + budget_s, agree=agree)
+        times, rounds = _rounds(bench, chosen, rounds, rng, deadline=began + budget_s, agree=agree)
+        measured = {k: _median(v) for k, v in times.items()}
+        # with three rounds or more, a dip beyond the rounds' spread is the kernels', not noise: it stays
+        medians = monotone(measured, {k: _spread(v) for k, v in times.items()} if rounds >= 3 else None)
         per_cached, per_cached_token, at_second = 0.0, 0.0, {}
         if second > cached:
             k2 = min(chosen[1:] or chosen, key=lambda k: abs(k - SECOND_TOKENS))
             bench.fill(second)
-            at_second, _ = _rounds(bench, sorted({1, k2}), rounds, rng, deadline=began + budget_s, agree=agree)
+            second_times, _ = _rounds(bench, sorted({1, k2}), rounds, rng, deadline=began + budget_s, agree=agree)
+            at_second = {k: _median(v) for k, v in second_times.items()}
             per_cached, per_cached_token = _cache_slopes(medians, at_second, k2, second - cached)
     info = {
         "measured_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "measure_seconds": round(time.perf_counter() - began, 3), "repeats": rounds,
+        "measured_points": [[k, s] for k, s in sorted(measured.items())],  # the medians before the monotone fit
         "second_cached": second if at_second else None,
         "second_points": [[k, s] for k, s in sorted(at_second.items())],
         "torch_threads": torch.get_num_threads(), "load_average": load_before, "load_average_after": _load_average(),

@@ -171,8 +171,9 @@ def test_batch_run_writes_the_batch_section(tiny, tmp_path, chunk_strategy, monk
     assert not (tmp_path / "speedup_by_category.png").exists()
 
 
-def test_a_non_identical_row_lowers_the_identical_fraction(tiny, monkeypatch):
-    from decodekit.bench import methods
+@pytest.mark.parametrize("threshold", [None, 1e9])
+def test_a_non_identical_row_lowers_the_identical_fraction(tiny, monkeypatch, threshold):
+    from decodekit.bench import divergence, methods
 
     real = methods.run_decodekit_batch
 
@@ -183,11 +184,34 @@ def test_a_non_identical_row_lowers_the_identical_fraction(tiny, monkeypatch):
         return methods.BatchResult(new_tokens=rows, seconds=got.seconds, forwards=got.forwards)
 
     monkeypatch.setattr(methods, "run_decodekit_batch", off_by_one)
+    if threshold is not None:  # every difference now counts as a near-tie
+        monkeypatch.setitem(divergence.NEAR_TIE_MARGIN, "float64", threshold)
     doc = run_bench(tiny, prompts=EQUAL, methods=["greedy"], max_new_tokens=4, progress=False, warmup=False,
                     batch_sizes=[3])
     figs = {row["method"]: row for row in doc["batch"]["table"]}
     assert figs["greedy"]["identical_fraction"] == pytest.approx(2 / 3)
-    assert doc["batch"]["records"][1]["identical"] == [False, True, True]
+    reference, greedy = doc["batch"]["records"]
+    assert greedy["identical"] == [False, True, True]
+    # the differing row is classified by hf-greedy's top-2 margin at its first differing token (the last)
+    assert greedy["first_difference"] == [3, None, None] and reference["first_difference"] == [None] * 3
+    shared = EQUAL[0] + list(_hf_rows(tiny, EQUAL, 4)[0][:3])
+    assert greedy["margin"][0] == pytest.approx(divergence.top2_margin(tiny, shared), abs=1e-12)
+    assert greedy["margin"][0] > 1e-6  # fp64: far above float64's near-tie margin
+    near = threshold is not None
+    assert greedy["near_tie"] == [near, None, None]
+    assert (figs["greedy"]["near_ties"], figs["greedy"]["other_differences"]) == ((1, 0) if near else (0, 1))
+    assert doc["config"]["near_tie_margin"] == (threshold or divergence.NEAR_TIE_MARGIN["float64"])
+
+
+def _hf_rows(model, prompts, new):
+    """HF greedy's new tokens for each prompt alone (a tiny model; no eos in EQUAL's prompts' continuations)."""
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt])  # (1, T)
+        got = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)
+        out.append(got[0, ids.shape[1]:].tolist())
+    return out
 
 
 def test_check_document_names_a_missing_batch_row(tiny):

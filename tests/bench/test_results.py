@@ -4,10 +4,10 @@ from decodekit.bench.results import check_document, figures
 from decodekit.bench.runner import Record
 
 
-def _record(method, seconds, new_tokens=10, forwards=10, computed=9, identical=True, peak=None):
+def _record(method, seconds, new_tokens=10, forwards=10, computed=9, identical=True, peak=None, near_tie=None):
     return Record(method=method, question_id=0, category="c", turn=0, prompt_tokens=5, new_tokens=new_tokens,
                   seconds=seconds, forwards=forwards, tokens_computed=computed, identical=identical,
-                  peak_memory_bytes=peak, memory_added_bytes=None)
+                  peak_memory_bytes=peak, memory_added_bytes=None, near_tie=near_tie)
 
 
 def test_figures_definitions():
@@ -21,6 +21,10 @@ def test_figures_definitions():
     assert got.mean_tokens_per_forward == pytest.approx(20 / 10)
     assert got.tokens_computed_per_step == pytest.approx(80 / (10 - 2))  # prefills are not steps
     assert got.identical_fraction == 0.5
+    assert (got.near_ties, got.other_differences) == (0, 1)  # a difference not classified as a near-tie
+    ties = figures([_record("m", 1.0, identical=False, near_tie=True), _record("m", 1.0, identical=False,
+                    near_tie=False), _record("m", 1.0, identical=False, near_tie=True), _record("m", 1.0)], reference)
+    assert (ties.identical_fraction, ties.near_ties, ties.other_differences) == (0.25, 2, 1)
     assert got.peak_memory_mib == pytest.approx(2.0) and got.memory_added_mib is None
 
 

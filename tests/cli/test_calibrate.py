@@ -58,7 +58,8 @@ def test_calibrate_measures_again_prints_saves_and_plots(costs, tmp_path, monkey
     out = capsys.readouterr().out
     assert re.search(r"^model: default \(SmolLM2-135M-Instruct\) \(float32, cpu\), torch threads \d+$", out, re.M)
     assert re.search(r"^cpu: .+; flags ", out, re.M)
-    assert re.search(r"^\| 1 \| [\d.]+ \| 1\.00 \|$", out, re.M) and "| tokens | ms at 256 cached | x one token |" in out
+    assert re.search(r"^\| 1 \| [\d.]+ \| 1\.00 \| [\d.]+ \|$", out, re.M)
+    assert "| tokens | ms at 256 cached | x one token | ms measured (before pooling) |" in out
     assert re.search(r"\| tokens \| ms at (?!256)\d+ cached \| x one token \|", out)
     [saved] = costs.iterdir()
     assert f"saved to {saved}" in out
@@ -74,6 +75,8 @@ def test_calibrate_the_default_model(costs, monkeypatch, capsys):
     monkeypatch.setattr(costmodel, "measure", lambda m, **kw: measure(m, **{**kw, "budget_s": 2.0}))
     assert main(["calibrate"]) == 0
     out = capsys.readouterr().out
-    rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
+    rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \|(?: ([\d.]+) \|)?$", out, re.M)
     assert rows[0][0] == "1" and rows[0][2] == "1.00" and len(rows) >= 2 * 4  # both cache lengths, >= 4 sizes each
+    first = [r for r in rows if r[3]]  # the reference length's table: the medians as measured beside the curve
+    assert len(first) >= 4
     assert "saved to" in out and len(list(costs.iterdir())) == 1

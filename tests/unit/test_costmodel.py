@@ -249,3 +249,34 @@ def test_cpuinfo_gives_the_model_family_and_the_flags_that_matter():
     assert info == {"cpu_model": "AMD EPYC", "cpu_family": "26", "cpu_model_number": "2",
                     "cpu_flags": ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"]}
     assert parse_cpuinfo("")["cpu_flags"] == [] and parse_cpuinfo("")["cpu_model"]
+
+
+def test_the_monotone_fit_pools_dips_and_keeps_an_ordered_curve():
+    from decodekit.core.costmodel import monotone
+
+    ordered = {1: 1.0, 2: 1.0, 4: 1.5, 8: 3.0}
+    assert monotone(ordered) == ordered
+    # 3 timed below 2 and 6 below 4: each violating run becomes its mean (least squares, non-decreasing)
+    got = monotone({1: 55.0, 2: 63.0, 3: 53.0, 4: 66.0, 6: 54.0, 8: 60.0, 16: 81.0})
+    assert got[2] == got[3] == pytest.approx(58.0)
+    assert got[4] == got[6] == got[8] == pytest.approx(60.0)
+    assert got[1] == 55.0 and got[16] == 81.0
+    values = [got[k] for k in sorted(got)]
+    assert values == sorted(values)
+    assert monotone({1: 2.0, 2: 1.0}) == {1: 1.5, 2: 1.5}  # even the one-token point is pooled when it must be
+
+
+def test_a_dip_beyond_the_rounds_noise_is_the_kernels_and_stays():
+    from decodekit.core.costmodel import _spread, monotone
+
+    # float32 on one CPU: 2 and 3 tokens consistently slower than 4 (a slower small-matrix path)
+    points = {1: 40.0, 2: 64.0, 3: 79.0, 4: 61.0, 8: 57.0, 16: 70.0}
+    tight = {k: 1.0 for k in points}  # every size repeated within about 1 ms
+    assert monotone(points, tight) == points
+    loose = {k: 12.0 for k in points}  # a loaded machine: these dips are within its noise
+    got = monotone(points, loose)
+    assert [got[k] for k in sorted(got)] == sorted(got.values())
+    # 8 timed 4 ms below 4, each with a 3 ms spread: within twice the spread, so pooled
+    assert monotone({1: 40.0, 4: 61.0, 8: 57.0}, {1: 1.0, 4: 3.0, 8: 3.0}) == {1: 40.0, 4: 59.0, 8: 59.0}
+    assert _spread([10.0, 10.0, 10.0]) == 0.0
+    assert _spread([9.0, 10.0, 11.0, 10.0, 30.0]) == pytest.approx(1.4826)  # one stall barely moves it
