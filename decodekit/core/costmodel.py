@@ -6,8 +6,9 @@ differ radically: a 16-token bfloat16 forward costs 1.3x a one-token forward on 
 another (issue 12), while on a GPU the curve stays flat far beyond 64 tokens. So it is measured:
 
 - measure(model): real forwards through the backend after a cached prefix, every size timed a few times
-  in a shuffled order (drift in the machine's speed hits every size alike) and the median kept; then
-  one token and 16 tokens at a second cache length, for how the cost grows with the cache. A few seconds.
+  in a shuffled order (drift in the machine's speed hits every size alike) and the median kept, with
+  one token and 16 tokens at a second, longer cache length in the same rounds, for how the cost grows
+  with the cache. A few seconds.
 - cost_model_for(model): memoised per model object; else read from costs/<key>.json under decodekit's
   cache directory, the key covering the model, dtype, device, torch threads, CPU model and flags, and
   torch version; else measured and saved there.
@@ -40,10 +41,11 @@ import torch
 from decodekit.core.machine import cpu_info
 from decodekit.errors import InputError
 
-COST_FORMAT = 2  # bump when the file's layout or what measure() times or fits changes (2: the monotone fit)
+COST_FORMAT = 3  # bump when the file's layout or what measure() times or fits changes (2: the monotone fit; 3: 4x cached)
 DEFAULT_TOKENS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 CURVE_TOKENS = (1, 2, 4, 8, 16, 32, 64)
 SECOND_TOKENS = 16  # the token count also timed at the second cache length
+SECOND_FACTOR = 4  # the second cache length, in multiples of the first: far enough that the growth is not lost in noise
 MIN_POINTS = 4  # a measurement keeps at least this many token counts, however slow the model
 _FLOOR = 0.1  # a prediction below the reference cache length never drops under this fraction of base(k)
 
@@ -68,11 +70,13 @@ def _non_negative(instance: Any, attribute: Any, value: float) -> None:
         raise ValueError(f"CostModel: {attribute.name} must be a finite number >= 0, got {value}")
 
 
-def _check_request(tokens: int, cached: int) -> None:
+def _check_request(tokens: int, cached: int, rows: int = 1) -> None:
     if tokens < 1:
         raise ValueError(f"CostModel: tokens must be >= 1, got {tokens}")
     if cached < 0:
         raise ValueError(f"CostModel: cached must be >= 0, got {cached}")
+    if not 1 <= rows <= tokens:
+        raise ValueError(f"CostModel: rows must be in [1, tokens={tokens}] (each row puts a token through), got {rows}")
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -84,6 +88,9 @@ class CostModel:
                      point, the last segment's slope, never below the last value
         raw(k, c)  = base(k) + (c - reference_cached) * (per_cached + per_cached_token * (k - 1)),
                      never below a tenth of base(k)
+        raw(k, c, rows): a packed forward of `rows` rows over a dense cache of c columns, k tokens in all:
+                     each row's queries read that row's c cached keys and values, so every row after
+                     the first adds c * per_cached (the memory one row's cache costs) to raw(k, c)
     The online part (observe): seconds(k, c) = raw(k, c) * exp(global + shape(log2 k)), where `global`
     follows the mean log ratio observed / raw (a uniformly slower machine) and `shape` the rest, per
     power-of-two anchor of the token count, interpolated between observed anchors and held flat beyond
@@ -140,19 +147,20 @@ class CostModel:
         (k0, s0), (k1, s1) = points[-2], points[-1]
         return max(s1, s1 + (s1 - s0) / (k1 - k0) * (tokens - k1))  # the last segment's slope, never below s1
 
-    def raw(self, tokens: int, cached: int) -> float:
-        """The measured prediction, before online corrections."""
-        _check_request(tokens, cached)
+    def raw(self, tokens: int, cached: int, rows: int = 1) -> float:
+        """The measured prediction, before online corrections (`tokens` in all, over `rows` rows)."""
+        _check_request(tokens, cached, rows)
         base = self.base(tokens)
         grown = base + (cached - self.reference_cached) * (self.per_cached + self.per_cached_token * (tokens - 1))
-        return max(grown, _FLOOR * base)
+        return max(grown, _FLOOR * base) + (rows - 1) * cached * self.per_cached
 
-    def seconds(self, tokens: int, cached: int) -> float:
-        return self.raw(tokens, cached) * math.exp(self._global_log + self._shape_at(math.log2(tokens)))
+    def seconds(self, tokens: int, cached: int, rows: int = 1) -> float:
+        return self.raw(tokens, cached, rows) * math.exp(self._global_log + self._shape_at(math.log2(tokens)))
 
-    def relative(self, tokens: int, cached: int) -> float:
-        """seconds(tokens, cached) / seconds(1, cached): what a step of `tokens` costs in one-token forwards."""
-        return self.seconds(tokens, cached) / self.seconds(1, cached)
+    def relative(self, tokens: int, cached: int, rows: int = 1) -> float:
+        """seconds(tokens, cached, rows) / seconds(rows, cached, rows): what a step of `tokens` costs in steps
+        of one token per row."""
+        return self.seconds(tokens, cached, rows) / self.seconds(rows, cached, rows)
 
     def curve(self, cached: int, tokens: Sequence[int] = CURVE_TOKENS) -> list[tuple[int, float]]:
         """[(tokens, seconds), ...] at `cached` cached positions."""
@@ -160,12 +168,13 @@ class CostModel:
 
     # -- online refinement -----------------------------------------------------------------------
 
-    def observe(self, tokens: int, cached: int, seconds: float) -> None:
-        """Correct the model with a real forward's wall time (`tokens` new after `cached` cached)."""
-        _check_request(tokens, cached)
+    def observe(self, tokens: int, cached: int, seconds: float, rows: int = 1) -> None:
+        """Correct the model with a real forward's wall time (`tokens` new in all, over `rows` rows, after
+        `cached` cached columns)."""
+        _check_request(tokens, cached, rows)
         if not (math.isfinite(seconds) and seconds > 0):
             raise ValueError(f"CostModel.observe: seconds must be a finite number > 0, got {seconds}")
-        raw = self.raw(tokens, cached)
+        raw = self.raw(tokens, cached, rows)
         x = math.log2(tokens)
         # the global factor follows the mean log ratio observed / raw
         self._global_log += self.global_rate * self._clamped_log(seconds / (raw * math.exp(self._global_log)))
@@ -342,18 +351,20 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _rounds(bench: _Bench, sizes: Sequence[int], repeats: int, rng: random.Random,
-            deadline: float, agree: Any = _same) -> tuple[dict[int, list[float]], int]:
-    """(seconds per size, one per round; rounds run) over up to `repeats` rounds, each in a shuffled order; after
-    the first round, no round starts past `deadline` (a machine slower than estimated ends near the budget).
-    `agree` makes that decision rank 0's on a sharded model, whose ranks must run the same forwards."""
-    times: dict[int, list[float]] = {k: [] for k in sizes}
+def _rounds(jobs: Sequence[tuple[_Bench, int]], repeats: int, rng: random.Random,
+            deadline: float, agree: Any = _same) -> tuple[list[list[float]], int]:
+    """(seconds per job, one per round; rounds run) over up to `repeats` rounds, each timing every job (a
+    cache and a token count) once in a shuffled order; after the first round, no round starts past
+    `deadline` (a machine slower than estimated ends near the budget). `agree` makes that decision rank
+    0's on a sharded model, whose ranks must run the same forwards."""
+    times: list[list[float]] = [[] for _ in jobs]
     done = 0
     while done < repeats and not (done and agree(time.perf_counter() > deadline)):
-        order = list(sizes)
+        order = list(range(len(jobs)))
         rng.shuffle(order)
-        for k in order:
-            times[k].append(bench.time(k))
+        for i in order:
+            bench, tokens = jobs[i]
+            times[i].append(bench.time(tokens))
         done += 1
     return times, done
 
@@ -366,8 +377,9 @@ def measure(model: Any, *, cached: int = 256, tokens: Sequence[int] = DEFAULT_TO
     through one forward with a 4-D causal mask and every row's logits, as a step's forward does,
     `repeats` times in shuffled orders; the medians, with dips within the rounds' noise pooled
     (`monotone`), are the curve (info["measured_points"] keeps them as measured). A slow model gets fewer counts (at least
-    four), then fewer repeats. Then the cache grows to a second length (twice `cached`, within what the
-    model attends over) and 1 and 16 tokens are timed again: how the cost grows with the cache.
+    four), then fewer repeats. A second cache, SECOND_FACTOR times `cached` long (within what the model
+    attends over), has 1 and 16 tokens timed in the same rounds: how the cost grows with the cache,
+    from each round's difference between the two lengths.
 
     A model sharded over several ranks runs each forward on all of them: every decision that depends on a
     clock (which counts, how many rounds) is rank 0's, and so is the curve returned, so that every rank
@@ -394,22 +406,28 @@ def measure(model: Any, *, cached: int = 256, tokens: Sequence[int] = DEFAULT_TO
         prefill = bench.fill(cached)
         estimate = _warm_up(bench, sizes)
         longest = _longest(backend)
-        second = 2 * cached if longest is None else min(2 * cached, longest - SECOND_TOKENS)
-        second_cost = 0.0 if second <= cached else 1.5 * (prefill + repeats * (estimate(1) + estimate(SECOND_TOKENS)))
+        second = SECOND_FACTOR * cached if longest is None else min(SECOND_FACTOR * cached, longest - SECOND_TOKENS)
+        second_cost = 0.0 if second <= cached else 1.5 * (prefill * second / cached + repeats * (estimate(1) + estimate(SECOND_TOKENS)))
         left = budget_s - (time.perf_counter() - began) - second_cost
         chosen, rounds = agree(plan(sizes, repeats, estimate, left))
+        jobs = [(bench, k) for k in chosen]
+        far_sizes: list[int] = []
+        if second > cached:  # the second cache length is timed in the same rounds: drift between rounds hits both
+            far = _Bench(backend, torch.Generator().manual_seed(1))
+            far.fill(second)
+            far_sizes = sorted({1, min(chosen[1:] or chosen, key=lambda k: abs(k - SECOND_TOKENS))})
+            jobs += [(far, k) for k in far_sizes]
         rng = random.Random(0)
-        times, rounds = _rounds(bench, chosen, rounds, rng, deadline=began + budget_s, agree=agree)
+        timed, rounds = _rounds(jobs, rounds, rng, deadline=began + budget_s, agree=agree)
+        times = dict(zip(chosen, timed))
         measured = {k: _median(v) for k, v in times.items()}
         # with three rounds or more, a dip beyond the rounds' spread is the kernels', not noise: it stays
         medians = monotone(measured, {k: _spread(v) for k, v in times.items()} if rounds >= 3 else None)
         per_cached, per_cached_token, at_second = 0.0, 0.0, {}
-        if second > cached:
-            k2 = min(chosen[1:] or chosen, key=lambda k: abs(k - SECOND_TOKENS))
-            bench.fill(second)
-            second_times, _ = _rounds(bench, sorted({1, k2}), rounds, rng, deadline=began + budget_s, agree=agree)
-            at_second = {k: _median(v) for k, v in second_times.items()}
-            per_cached, per_cached_token = _cache_slopes(medians, at_second, k2, second - cached)
+        if far_sizes:
+            far_times = dict(zip(far_sizes, timed[len(chosen):]))
+            at_second = {k: _median(v) for k, v in far_times.items()}
+            per_cached, per_cached_token = _cache_slopes(times, far_times, far_sizes[-1], second - cached)
     info = {
         "measured_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "measure_seconds": round(time.perf_counter() - began, 3), "repeats": rounds,
@@ -436,15 +454,19 @@ def _warm_up(bench: _Bench, sizes: Sequence[int]) -> Any:
     return timed.base
 
 
-def _cache_slopes(medians: Mapping[int, float], at_second: Mapping[int, float], k2: int,
+def _cache_slopes(near: Mapping[int, Sequence[float]], far: Mapping[int, Sequence[float]], k2: int,
                   extra: int) -> tuple[float, float]:
-    """(per_cached, per_cached_token) from 1 and k2 tokens timed at two cache lengths `extra` apart;
-    noise that makes a slope negative counts as no growth."""
-    one = max((at_second[1] - medians[1]) / extra, 0.0)
+    """(per_cached, per_cached_token) from 1 and k2 tokens timed in the same rounds at two cache lengths
+    `extra` apart: each growth is the median over rounds of that round's difference, so a machine whose
+    speed drifts from round to round moves both lengths alike; noise that makes a slope negative counts as
+    no growth."""
+    def growth(k: int) -> float:
+        return _median([f - n for n, f in zip(near[k], far[k])]) / extra
+
+    one = max(growth(1), 0.0)
     if k2 == 1:
         return one, 0.0
-    many = max((at_second[k2] - medians[k2]) / extra, 0.0)
-    return one, max((many - one) / (k2 - 1), 0.0)
+    return one, max((max(growth(k2), 0.0) - one) / (k2 - 1), 0.0)
 
 
 # -- the per-machine cache ------------------------------------------------------------------------
@@ -556,14 +578,25 @@ def calibrate(model: Any, **measure_kwargs: Any) -> tuple[CostModel, Path | None
     return cost, path
 
 
+def _packed_seconds(model: Any, tokens: int, cached: int, rows: int) -> float:
+    """What `model` predicts for a packed forward; a cost model of the plain `seconds(tokens, cached)`
+    protocol (a user's own) is asked for the tokens alone."""
+    if isinstance(model, CostModel):
+        return model.seconds(tokens, cached, rows)
+    return model.seconds(tokens, cached)
+
+
 @attrs.define(eq=False)
 class PackedCost:
     """The cost one row of a batch sees: its step is padded and packed with the other rows' into one forward.
 
-    When `rows` rows each put k tokens through, the forward computes rows * k tokens, so a row's
-    planner weighs k tokens at the cost of rows * k: drafts shrink as the batch grows. With one row it
-    is the model's own cost. `model` is resolved on first use (cost_model_for), so a strategy that never
-    plans never triggers a measurement; the loop refines it from the packed forwards' timings once resolved.
+    When `rows` rows each put k tokens through, the forward computes rows * k tokens over the batch's
+    dense cache, `width` columns wide whatever the row's own length (every row's queries span them all,
+    the other rows' columns masked), each row reading its own keys and values: so a row's planner
+    weighs k tokens at the cost of rows * k tokens after `width` cached, over `rows` rows
+    (CostModel.raw), and drafts shrink as the batch grows. With one row it is the model's own cost. `model`
+    is resolved on first use (cost_model_for), so a strategy that never plans never triggers a
+    measurement; the loop refines it from the packed forwards' timings once resolved.
 
     Padding makes the step as long as the longest row's, so the batch bounds every row's step: each
     planning row offers its best expected tokens per step size (`step_budget`), and after the rows
@@ -575,6 +608,7 @@ class PackedCost:
     target: Any  # the HF model whose forward is costed
     model: Any = None  # its CostModel, once resolved
     rows: int = 1
+    width: int | None = None  # the dense cache's columns this step (the loop sets it); None: the row's own length
     budget: int | None = None  # the bound on every row's step, settled from the previous step's offers
     offers: list[list[float]] = attrs.Factory(list)  # this step's: each planning row's values by step size
 
@@ -583,15 +617,22 @@ class PackedCost:
             self.model = cost_model_for(self.target)
         return self.model
 
+    def span(self, cached: int) -> int:
+        """The cached columns a packed forward attends over, for a row holding `cached` positions."""
+        return cached if self.rows == 1 or self.width is None else max(cached, self.width)
+
     def seconds(self, tokens: int, cached: int) -> float:
-        return self.resolved().seconds(self.rows * tokens, cached)
+        return _packed_seconds(self.resolved(), self.rows * tokens, self.span(cached), self.rows)
 
     def relative(self, tokens: int, cached: int) -> float:
-        return self.resolved().relative(self.rows * tokens, cached)
+        return self.seconds(tokens, cached) / self.seconds(1, cached)
 
-    def observe(self, tokens: int, cached: int, seconds: float) -> None:
-        """A packed forward of `tokens` tokens in all (every row's, padding included) took `seconds`."""
-        if self.model is not None and hasattr(self.model, "observe"):
+    def observe(self, tokens: int, cached: int, seconds: float, rows: int = 1) -> None:
+        """A packed forward of `tokens` tokens in all (every row's, padding included), over `rows` rows and a
+        dense cache of `cached` columns, took `seconds`."""
+        if isinstance(self.model, CostModel):
+            self.model.observe(tokens, cached, seconds, rows)
+        elif self.model is not None and hasattr(self.model, "observe"):
             self.model.observe(tokens, cached, seconds)
 
     def prompt_seconds(self, tokens: int) -> float:
@@ -608,7 +649,7 @@ class PackedCost:
 
     def settle(self, cached: int) -> None:
         """The rows have proposed: choose the next step's bound from their offers (the rows that offered
-        nothing count as one token whatever the size)."""
+        nothing count as one token whatever the size); `cached`: the dense cache's columns."""
         offers, self.offers = self.offers, []
         if self.rows == 1:
             self.budget = None
@@ -620,7 +661,7 @@ class PackedCost:
         best_rate, best = 0.0, 1
         for size in range(1, max(len(v) for v in offers) + 1):
             worth = others + sum(v[min(size, len(v)) - 1] for v in offers)
-            rate = worth / self.resolved().seconds(self.rows * size, cached)
+            rate = worth / _packed_seconds(self.resolved(), self.rows * size, cached, self.rows)
             if rate > best_rate * (1 + 1e-9):  # ties keep the smaller step
                 best_rate, best = rate, size
         self.budget = best

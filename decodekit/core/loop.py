@@ -117,11 +117,12 @@ def timed_step(states: Sequence[DecodeState], rows: RowsCache,
     return logits, seconds
 
 
-def observe_step(cost: object | None, proposals: Sequence[Proposal], lengths: Sequence[int], seconds: float) -> None:
-    """Every step's forward refines the cost model: what the packed forward put through, after `lengths` cached."""
+def observe_step(cost: object | None, proposals: Sequence[Proposal], cached: int, seconds: float) -> None:
+    """Every step's forward refines the cost model: what the packed forward put through, over a dense cache
+    of `cached` columns."""
     if cost is not None:
         size = max(len(p.tokens) for p in proposals)
-        cost.observe(len(proposals) * size, round(sum(lengths) / len(lengths)), seconds)
+        cost.observe(len(proposals) * size, cached, seconds, len(proposals))
 
 
 def confirm_proposals(states: Sequence[DecodeState], step: int, active: Sequence[int],
@@ -209,15 +210,15 @@ def _step(book: _Rows, rows: RowsCache, on_step: StepCallback | None, cost: obje
           pad_finished: bool) -> None:
     """One packed step: every active row proposes, one forward, every row verifies, keeps and commits."""
     active = list(book.active)
-    if cost is not None:
-        cost.rows = len(active)  # what each row's planner weighs its tokens at: the packed forward
+    cached = rows.width  # the columns every row's queries span in this step's forward
+    if cost is not None:  # what each row's planner weighs its tokens at: the packed forward
+        cost.rows, cost.width = len(active), cached
     decoders, states = [book.decoders[b] for b in active], [book.states[b] for b in active]
     proposals = type(decoders[0]).propose_rows(decoders, states)
     if cost is not None:  # the planning rows have offered what each step size is worth: bound the next step
-        cost.settle(round(sum(rows.lengths) / len(active)))
+        cost.settle(cached)
     step = book.forwards  # the prefill's forwards came first
     confirm_proposals(states, step, active, proposals)
-    lengths = list(rows.lengths)
     logits, seconds = timed_step(states, rows, proposals)
     book.forwards += 1
     start = rows.width - max(len(p.tokens) for p in proposals)
@@ -238,7 +239,7 @@ def _step(book: _Rows, rows: RowsCache, on_step: StepCallback | None, cost: obje
             book.cut[b] += len(verdict.tokens) - len(tokens)
     # on several ranks: the same tokens everywhere, and rank 0's timing for every rank's cost model
     seconds = ranks_sync.confirm_commits(states[0].backend.ranks, step, active, committed, seconds)
-    observe_step(cost, proposals, lengths, seconds)
+    observe_step(cost, proposals, cached, seconds)
     _leave(book, rows, active)
 
 

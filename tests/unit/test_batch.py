@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 from hypothesis import given, settings
@@ -20,6 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import decodekit
 from decodekit.core.backend import HFBackend
+from decodekit.core.costmodel import CostModel
 from decodekit.core.kvcache import RowsCache
 from decodekit.core.masks import additive_mask, causal_layout, packed_mask, packed_positions, position_ids, tree_layout
 from decodekit.errors import InputError, PluginError
@@ -385,3 +387,31 @@ def test_the_last_row_to_meet_a_stop_string_decodes_on_to_the_longest_rows_count
     out = decodekit.generate(model, ids, "lookahead", attention_mask=mask, max_new_tokens=14, eos_token_id=None,
                              stop_strings=["ab"], tokenizer=tokenizer, W=1, N=2, G=1)
     assert out.sequences.tolist() == expected.tolist()
+
+
+# -- the cost of a packed step ------------------------------------------------------------------------
+
+@attrs.define(eq=False, kw_only=True)
+class RecordingCost(CostModel):
+    """A cost model that notes every forward the loop reports: (tokens in all, cached columns, rows)."""
+
+    seen: list = attrs.Factory(list)
+
+    def observe(self, tokens: int, cached: int, seconds: float, rows: int = 1) -> None:
+        self.seen.append((tokens, cached, rows))
+        CostModel.observe(self, tokens, cached, seconds, rows)
+
+
+def test_a_packed_step_is_observed_over_the_dense_caches_width_with_its_rows():
+    """A 3-token prompt packed with a 40-token one: every packed forward spans the long row's columns, so the
+    cost model hears of it at that width (at least 40), with 2 rows, and never at the rows' mean length."""
+    model = tiny_model("llama", dtype=torch.float64)
+    long, short = list(range(5, 45)), [7, 8, 9]
+    ids = torch.tensor([long, [0] * 37 + short])  # (2, 40), left-padded
+    mask = torch.tensor([[1] * 40, [0] * 37 + [1] * 3])  # (2, 40)
+    cost = RecordingCost(points={1: 0.01, 16: 0.012}, per_cached=1e-5)
+    decodekit.generate(model, ids, "lookahead", attention_mask=mask, max_new_tokens=12, eos_token_id=[],
+                       cost_model=cost)
+    packed = [(tokens, cached) for tokens, cached, rows in cost.seen if rows == 2]
+    assert packed, cost.seen
+    assert all(cached >= 40 and tokens % 2 == 0 for tokens, cached in packed), packed

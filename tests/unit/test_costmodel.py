@@ -48,6 +48,21 @@ def test_cost_grows_with_the_cache_and_never_drops_below_a_floor():
     assert steep.seconds(1, 0) == pytest.approx(0.1)  # a tenth of base(k), not negative
 
 
+def test_every_row_of_a_packed_forward_reads_its_own_cache():
+    cost = CostModel.from_points({1: 1.0, 16: 2.0}, reference_cached=100, per_cached=0.001, per_cached_token=0.0001)
+    # 2 rows x 4 tokens after 300 columns: the 8 tokens' cost, plus the second row's 300 cached keys and values
+    assert cost.seconds(8, 300, rows=2) == pytest.approx(cost.seconds(8, 300) + 300 * 0.001)
+    assert cost.seconds(8, 300, rows=1) == cost.seconds(8, 300)
+    assert cost.relative(8, 300, rows=2) == pytest.approx(cost.seconds(8, 300, rows=2) / cost.seconds(2, 300, rows=2))
+    with pytest.raises(ValueError, match=r"rows must be in \[1, tokens=3\] \(each row puts a token through\), got 4"):
+        cost.seconds(3, 300, rows=4)
+    # a packed forward that takes just what was predicted corrects nothing; one twice as slow corrects it upwards
+    cost.observe(8, 300, cost.seconds(8, 300, rows=2), rows=2)
+    assert cost.seconds(8, 300, rows=2) == pytest.approx(cost.raw(8, 300, rows=2))
+    cost.observe(8, 300, 2 * cost.seconds(8, 300, rows=2), rows=2)
+    assert cost.seconds(8, 300, rows=2) > cost.raw(8, 300, rows=2)
+
+
 @pytest.mark.parametrize("build, says", [
     (lambda: CostModel.from_points({2: 1.0}), "points must include 1 token"),
     (lambda: CostModel.from_points({1: 1.0, 2: -1.0}), "got 2 -> -1.0"),
@@ -148,7 +163,8 @@ def test_measure_a_real_model_within_its_budget(medium_model):
     assert tokens[0] == 1 and len(tokens) >= 4 and all(s > 0 for _, s in cost.points)
     assert elapsed < 2.0 * 3  # about the budget (a loaded machine may stretch the last round)
     assert cost.seconds(64, 128) > cost.seconds(1, 128)
-    assert cost.info["second_cached"] == 256 and [k for k, _ in cost.info["second_points"]] == [1, 16]
+    # the second length: four times the first, within what the model attends over (512 positions here)
+    assert cost.info["second_cached"] == min(4 * 128, medium_model.config.max_position_embeddings - 16) and [k for k, _ in cost.info["second_points"]] == [1, 16]
     assert cost.seconds(16, 100_000) >= cost.seconds(16, 128)
 
 

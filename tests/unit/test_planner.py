@@ -156,6 +156,22 @@ def test_one_row_is_never_bounded():
     assert batch.budget is None and batch.offers == []
 
 
+def test_a_rows_step_is_priced_over_the_whole_batchs_cache_and_every_rows_keys():
+    # a 50-token row packed with a 700-token one: its queries span the 700 columns of the dense cache, and
+    # the forward reads both rows' caches; alone, a row is priced at its own length
+    curve = CostModel.from_points({1: 0.04, 16: 0.06}, reference_cached=256, per_cached=1e-5, per_cached_token=1e-6)
+    batch = _batch(2, curve)
+    batch.width = 700
+    assert batch.seconds(3, 50) == pytest.approx(curve.seconds(6, 700) + 700 * 1e-5)
+    assert batch.seconds(3, 800) == pytest.approx(curve.seconds(6, 800) + 800 * 1e-5)  # never below the row's own
+    alone = _batch(1, curve)
+    alone.width = 700
+    assert alone.seconds(3, 50) == curve.seconds(3, 50)
+    # the observations reach the curve with their rows: a packed forward as predicted corrects nothing
+    batch.observe(6, 700, curve.seconds(6, 700, rows=2), rows=2)
+    assert curve.observations == 1 and curve.seconds(6, 700, rows=2) == pytest.approx(curve.raw(6, 700, rows=2))
+
+
 def test_best_values_are_the_most_each_step_size_can_commit():
     window = Extra(tokens=3, value=2.0)
     options = _options([0.0, 0.9, 1.5], [window])  # k = 0, 1, 2 nodes; or the window with them
