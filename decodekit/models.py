@@ -341,9 +341,12 @@ def default_folder() -> Path:
         return _ensure_converted(source, access)
 
 
-def load_default(dtype: str | torch.dtype = "float32", attn_implementation: str = "sdpa",
+def load_default(dtype: str | torch.dtype = "float32", attn_implementation: str = "decodekit_sdpa",
                  tp_size: int | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) of SmolLM2-135M-Instruct, loaded offline, in eval mode, on the CPU.
+
+    attn_implementation: "decodekit_sdpa" by default, transformers' sdpa attention without copying the
+    cache for each query head of a multi-token masked step (decodekit.core.backend.grouped_sdpa_attention).
 
     The first load converts the wheel's GGUF into the cache folder (cache_dir()); every load checks
     that folder against its manifest and converts it again if a file is missing or altered. Raises

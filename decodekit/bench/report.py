@@ -30,13 +30,14 @@ BATCH_COLUMNS = (
     ("identical to hf-greedy", "identical_fraction"),
     ("differing: near-tie / other", "differences"),
     ("peak memory (MiB)", "peak_memory_mib"),
+    ("if slowest row alone", "slowest_row_alone"),
 )
 
 
 def _fmt(key: str, value: Any) -> str:
     if value is None:
         return "n/a"
-    if key == "speedup":
+    if key in ("speedup", "slowest_row_alone"):
         return f"{value:.2f}x"
     if key == "identical_fraction":
         return f"{100 * value:.0f}%"
@@ -50,6 +51,8 @@ def _value(figures: Mapping[str, Any], key: str) -> Any:
     if key == "differences":
         near, other = figures.get("near_ties"), figures.get("other_differences")
         return None if near is None or other is None else f"{near} / {other}"
+    if key == "slowest_row_alone":
+        return figures.get(key)
     return figures[key]
 
 
@@ -180,7 +183,10 @@ def batch_markdown(doc: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
         "## Batches",
         "",
         "tokens/s: every row's new tokens (up to its eos) / the calls' seconds; vs hf-greedy: that / hf-greedy's "
-        "tokens/s on the same batches; mean row latency: the seconds of the call that decoded a row, averaged over rows.",
+        "tokens/s on the same batches; mean row latency: the seconds of the call that decoded a row, averaged over rows; "
+        "if slowest row alone: the speedup the method would reach if each batch lasted only as long as its slowest "
+        "row took decoded alone by the same method (in the batch-size-1 run; n/a without it): a batch lasts as "
+        "long as its slowest row, so this shows what decoding the rows together costs.",
         "",
         _markdown_table([title for title, _ in BATCH_COLUMNS], _batch_rows(doc)),
         "",

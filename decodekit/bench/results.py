@@ -25,6 +25,9 @@ and method, over the same batches for every method:
 - tokens_per_forward: new tokens of all rows / forward passes of the target model (prefills included).
 - identical_fraction: rows whose new tokens equal hf-greedy's row; near_ties, other_differences: rows as
   above (the margin from a one-row forward of the row's prompt); peak_memory_mib, memory_added_mib as above.
+- slowest_row_alone (batch sizes above 1, when batch size 1 ran too): the speedup over hf-greedy if each batch
+  took only as long as its slowest row took decoded alone by the same method. A batch lasts as long as its
+  slowest row, so the gap to `speedup` is what decoding the rows together costs.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ FIGURE_KEYS = ("prompts", "new_tokens", "seconds", "tokens_per_second", "speedup
                "other_differences", "peak_memory_mib", "memory_added_mib")
 BATCH_FIGURE_KEYS = ("batch_size", "method", "batches", "prompts", "new_tokens", "seconds", "tokens_per_second",
                      "speedup", "mean_row_latency_s", "tokens_per_forward", "identical_fraction", "near_ties",
-                     "other_differences", "peak_memory_mib", "memory_added_mib")
+                     "other_differences", "peak_memory_mib", "memory_added_mib", "slowest_row_alone")
 
 
 @attrs.frozen(kw_only=True)
@@ -145,11 +148,24 @@ class BatchFigures:
     other_differences: int  # rows that differ otherwise
     peak_memory_mib: float | None
     memory_added_mib: float | None
+    # the speedup the method would reach if each batch lasted only as long as its slowest row took decoded
+    # alone by the same method (the batch-size-1 run): what co-scheduling the rows costs (None: not measured)
+    slowest_row_alone: float | None = None
+
+
+def slowest_row_alone_seconds(records: Sequence[BatchRecord], alone: Sequence[BatchRecord]) -> float | None:
+    """Summed over `records`' batches: the longest time any of the batch's rows took in `alone`, the same
+    method's batch-size-1 records. None where any row was not decoded alone, or there are no records."""
+    seconds = {r.question_ids[0]: r.seconds for r in alone if len(r.question_ids) == 1}
+    if not records or any(q not in seconds for r in records for q in r.question_ids):
+        return None
+    return sum(max(seconds[q] for q in r.question_ids) for r in records)
 
 
 def batch_figures(records: Sequence[BatchRecord], reference: Sequence[BatchRecord], *, batch_size: int,
-                  method: str) -> BatchFigures:
-    """Figures of one method's batch records against hf-greedy's records on the same batches."""
+                  method: str, alone: Sequence[BatchRecord] = ()) -> BatchFigures:
+    """Figures of one method's batch records against hf-greedy's records on the same batches (`alone`: the
+    method's batch-size-1 records, for `slowest_row_alone`)."""
     new_tokens = sum(sum(r.new_tokens) for r in records)
     seconds = sum(r.seconds for r in records)
     tps = new_tokens / seconds if seconds > 0 else 0.0
@@ -169,7 +185,12 @@ def batch_figures(records: Sequence[BatchRecord], reference: Sequence[BatchRecor
         other_differences=sum(1 for r in records for same, near in _row_verdicts(r) if not same and not near),
         peak_memory_mib=max(peaks) / MIB if peaks else None,
         memory_added_mib=max(added) / MIB if added else None,
+        slowest_row_alone=_alone_speedup(new_tokens, slowest_row_alone_seconds(records, alone), ref_tps),
     )
+
+
+def _alone_speedup(new_tokens: int, seconds: float | None, ref_tps: float) -> float | None:
+    return None if seconds is None or seconds <= 0 else _ratio(new_tokens / seconds, ref_tps)
 
 
 def _row_verdicts(record: BatchRecord) -> list[tuple[bool, bool | None]]:
@@ -181,11 +202,13 @@ def _row_verdicts(record: BatchRecord) -> list[tuple[bool, bool | None]]:
 def batch_table(bench: BatchBench) -> list[dict[str, Any]]:
     """One row per (batch size, method): batch sizes in the order they ran, methods in spec order."""
     rows = []
+    single = next((_by(r.records, "method") for r in bench.runs if r.batch_size == 1), {})
     for size_run in bench.runs:
         by_method = _by(size_run.records, "method")
         for spec in bench.methods:
+            alone = single.get(spec.label, []) if size_run.batch_size > 1 else []
             rows.append(attrs.asdict(batch_figures(by_method.get(spec.label, []), by_method.get(REFERENCE, []),
-                                                   batch_size=size_run.batch_size, method=spec.label)))
+                                                   batch_size=size_run.batch_size, method=spec.label, alone=alone)))
     return rows
 
 

@@ -160,6 +160,12 @@ def test_batch_run_writes_the_batch_section(tiny, tmp_path, chunk_strategy, monk
     reference = sum(r["seconds"] for r in batch["records"] if r["batch_size"] == 2 and r["method"] == "hf-greedy")
     assert figs["speedup"] == pytest.approx(figs["tokens_per_second"]
                                             / (table[(2, "hf-greedy")]["new_tokens"] / reference))
+    # the batch-size-1 run gives each batch's slowest row alone: greedy's batches against its rows' own calls
+    alone = {r["question_ids"][0]: r["seconds"] for r in batch["records"] if r["batch_size"] == 1 and r["method"] == "greedy"}
+    slowest = alone[2] + max(alone[0], alone[1])
+    assert figs["slowest_row_alone"] == pytest.approx(figs["new_tokens"] / slowest
+                                                      / (table[(2, "hf-greedy")]["new_tokens"] / reference))
+    assert all(table[(1, m)]["slowest_row_alone"] is None for m in methods)
 
     two_rows = [c for c in calls if c[0].shape[0] == 2]  # decodekit got each batch whole, with its mask
     assert two_rows and all(mask.tolist() == [[1] * 7, [1] * 7] and pad == 0 for _, mask, pad in two_rows)

@@ -36,3 +36,29 @@ def test_unknown_counts_give_none_not_a_guess():
 def test_check_document_names_what_is_missing():
     with pytest.raises(ValueError, match="lacks .*summary"):
         check_document({"schema": "decodekit-bench/1"})
+
+
+def _batch_record(method, ids, seconds, batch_size=None, new_tokens=None):
+    from decodekit.bench.batches import BatchRecord
+
+    rows = len(ids)
+    return BatchRecord(method=method, batch_size=batch_size or rows, batch_index=0, question_ids=ids,
+                       categories=["c"] * rows, prompt_tokens=[5] * rows, padded_length=5,
+                       new_tokens=new_tokens or [10] * rows, seconds=seconds, forwards=None,
+                       identical=[True] * rows, peak_memory_bytes=None, memory_added_bytes=None)
+
+
+def test_slowest_row_alone_is_each_batchs_longest_row_decoded_alone():
+    from decodekit.bench.results import batch_figures, slowest_row_alone_seconds
+
+    alone = [_batch_record("m", [q], s) for q, s in [(1, 2.0), (2, 5.0), (3, 1.0), (4, 4.0), (5, 3.0)]]
+    pairs = [_batch_record("m", [1, 2], 6.0), _batch_record("m", [3, 4], 5.0), _batch_record("m", [5], 3.5, batch_size=2)]
+    assert slowest_row_alone_seconds(pairs, alone) == 5.0 + 4.0 + 3.0
+    assert slowest_row_alone_seconds(pairs, alone[:4]) is None  # row 5 never ran alone
+    assert slowest_row_alone_seconds([], alone) is None
+    reference = [_batch_record("hf-greedy", [1, 2], 7.0), _batch_record("hf-greedy", [3, 4], 7.0),
+                 _batch_record("hf-greedy", [5], 7.0, batch_size=2)]
+    got = batch_figures(pairs, reference, batch_size=2, method="m", alone=alone)
+    assert got.speedup == pytest.approx(21.0 / 14.5)
+    assert got.slowest_row_alone == pytest.approx(21.0 / 12.0)  # hf-greedy's 21 s against 12 s for the same tokens
+    assert batch_figures(pairs, reference, batch_size=2, method="m").slowest_row_alone is None

@@ -26,12 +26,54 @@ from typing import Any, Sequence
 
 import attrs
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GgufConfig, PreTrainedModel
+from transformers import (AttentionInterface, AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GgufConfig,
+                          PreTrainedModel)
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from decodekit.core.ranks import Ranks, shared_ranks
 from decodekit.errors import InputError, ModelNotSupportedError
 
-_MASKABLE_ATTENTION = ("eager", "sdpa")
+# -- grouped-query attention over a custom mask ------------------------------------------------------
+#
+# transformers' "sdpa" attention, given a mask and more than one query token, repeats every key-value head
+# for each query head that shares it (repeat_kv) before calling torch's scaled_dot_product_attention: a
+# copy of the whole cache, every layer, every forward. decodekit's multi-token steps always carry a mask
+# (trees, packed rows), so on a model with grouped-query attention (SmolLM2: 9 query heads over 3
+# key-value heads) each step copied rows x cached x 3 keys and values, which grows with the batch and the
+# cache. "decodekit_sdpa" computes the same attention without the copy: the query heads of each key-value
+# head are stacked along the query axis, (B, H, T, D) -> (B, H_kv, groups * T, D), and the mask is repeated
+# to match, as transformers already does for one query token. Everything else (no mask, one query token,
+# no grouping, a position bias) is transformers' own sdpa_attention_forward. It is registered through
+# transformers' public AttentionInterface (and the sdpa mask through AttentionMaskInterface), so a model
+# opts in with `attn_implementation="decodekit_sdpa"` at load, or `model.set_attn_implementation(...)`.
+
+GROUPED_SDPA = "decodekit_sdpa"
+_MASKABLE_ATTENTION = ("eager", "sdpa", GROUPED_SDPA)
+
+
+def grouped_sdpa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                           is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' sdpa attention, with grouped query heads attending their shared key-value head in place.
+
+    query (B, H, T, D); key, value (B, H_kv, S, D); attention_mask (B, 1, T, S) or None. Returns (B, T, H, D).
+    """
+    groups = getattr(module, "num_key_value_groups", 1)
+    batch, heads, tokens, dim = query.shape
+    if (groups == 1 or attention_mask is None or tokens == 1 or attention_mask.dim() != 4
+            or attention_mask.shape[1] != 1 or kwargs.get("position_bias") is not None or kwargs.get("softcap")):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    stacked = query.reshape(batch, heads // groups, groups * tokens, dim)  # (B, H_kv, groups * T, D)
+    mask = attention_mask.repeat(1, 1, groups, 1)  # (B, 1, groups * T, S): each stacked head sees its own rows
+    out = torch.nn.functional.scaled_dot_product_attention(stacked, key, value, attn_mask=mask, dropout_p=dropout,
+                                                           scale=scaling)  # (B, H_kv, groups * T, D)
+    return out.reshape(batch, heads, tokens, dim).transpose(1, 2).contiguous(), None  # (B, T, H, D)
+
+
+AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
+AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
 
 
 def _device_mesh(model: Any) -> Any:
@@ -197,7 +239,7 @@ class HFBackend:
         if attention not in _MASKABLE_ATTENTION:
             raise ModelNotSupportedError(
                 f"{role} uses attn_implementation={attention!r}, which cannot take a custom 4-D mask; "
-                f"load it with attn_implementation='sdpa' or 'eager'"
+                f"load it with attn_implementation='sdpa', '{GROUPED_SDPA}' or 'eager'"
             )
         text = config.get_text_config(decoder=True)
         head = model.get_output_embeddings()
@@ -419,7 +461,7 @@ def _tensor_parallel_keywords(tp_size: int, override: dict[str, str] | None) -> 
     return {"distributed_config": DistributedConfig(tp_size=tp_size, tp_plan=override or None)}
 
 
-def load_model(folder: str | Path, dtype: torch.dtype, attn_implementation: str = "sdpa",
+def load_model(folder: str | Path, dtype: torch.dtype, attn_implementation: str = GROUPED_SDPA,
                tp_size: int | None = None) -> Any:
     """The causal LM of a local HuggingFace model folder, in eval mode; nothing is fetched.
 
@@ -438,7 +480,7 @@ def load_model(folder: str | Path, dtype: torch.dtype, attn_implementation: str 
     return model.eval()
 
 
-def load_pretrained(folder: str | Path, dtype: torch.dtype, attn_implementation: str = "sdpa",
+def load_pretrained(folder: str | Path, dtype: torch.dtype, attn_implementation: str = GROUPED_SDPA,
                     tp_size: int | None = None) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) from a local HuggingFace model folder (load_model: tp_size shards it)."""
     return load_model(folder, dtype, attn_implementation, tp_size), load_tokenizer(folder)
