@@ -110,7 +110,10 @@ def _interrupted() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     _Interrupt.seen = False
-    own_handler = threading.current_thread() is threading.main_thread()
+    # Only the main thread may set handlers; a process started with SIGINT ignored (nohup, a background job of
+    # a script) keeps ignoring it, as Python itself does.
+    own_handler = (threading.current_thread() is threading.main_thread()
+                   and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
     previous = signal.signal(signal.SIGINT, _Interrupt.handler) if own_handler else None
     try:
         from decodekit.errors import DecodekitError
