@@ -41,12 +41,14 @@ import torch
 from decodekit.core.machine import cpu_info
 from decodekit.errors import InputError
 
-COST_FORMAT = 3  # bump when the file's layout or what measure() times or fits changes (2: the monotone fit; 3: 4x cached)
+COST_FORMAT = 4  # bump when the file's layout or what measure() times or fits changes (2: the monotone fit; 3: 4x cached; 4: small counts first)
 DEFAULT_TOKENS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 CURVE_TOKENS = (1, 2, 4, 8, 16, 32, 64)
 SECOND_TOKENS = 16  # the token count also timed at the second cache length
 SECOND_FACTOR = 4  # the second cache length, in multiples of the first: far enough that the growth is not lost in noise
+NEAR_FACTOR = 2  # ... on a machine where filling SECOND_FACTOR x would eat the budget
 MIN_POINTS = 4  # a measurement keeps at least this many token counts, however slow the model
+STEADY_ROUNDS = 3  # counts are dropped before rounds fall under this many
 _FLOOR = 0.1  # a prediction below the reference cache length never drops under this fraction of base(k)
 
 
@@ -282,27 +284,45 @@ class _Bench:
         return seconds
 
 
+def _priority(sizes: Sequence[int]) -> list[int]:
+    """`sizes` (sorted) in the order a short measurement keeps them: the smallest, 2 and 4 (a steep machine's
+    steps are small, and these are the cheapest to time), the largest (what lies beyond is extrapolated from
+    it), the other powers of two up, then the rest up. Interpolating between powers of two stays close to a
+    concave curve; 1 -> 6 in one segment does not (a forward of 2 tokens can cost 1.5x one of 1)."""
+    first = [k for k in (sizes[0], 2, 4, sizes[-1]) if k in sizes]
+    powers = [k for k in sizes if k & (k - 1) == 0]
+    out: list[int] = []
+    for k in [*first, *powers, *sizes]:
+        if k not in out:
+            out.append(k)
+    return out
+
+
 def _thin(sizes: Sequence[int], count: int) -> list[int]:
-    """`count` of `sizes` (sorted), evenly spread over the list, the first and last always kept."""
-    if count >= len(sizes):
-        return list(sizes)
-    picked = {round(i * (len(sizes) - 1) / (count - 1)) for i in range(count)}
-    return [sizes[i] for i in sorted(picked)]
+    """The first `count` of `sizes` (sorted) by `_priority`, sorted."""
+    return sorted(_priority(sizes)[:count])
 
 
 def plan(sizes: Sequence[int], repeats: int, estimate: Any, budget_s: float) -> tuple[list[int], int]:
-    """The most token counts, then the most repeats, whose timing fits `budget_s` by `estimate(k)` seconds.
+    """The most token counts timed at least STEADY_ROUNDS times (then the most repeats), whose timing fits
+    `budget_s` by `estimate(k)` seconds.
 
-    Fewer counts first (evenly thinned, never under MIN_POINTS), then fewer repeats (never under one);
-    if even the smallest plan does not fit, the smallest plan.
+    A median of fewer rounds is one stall away from a wrong curve, so counts go first (by `_priority`,
+    never under MIN_POINTS); only if MIN_POINTS counts do not fit STEADY_ROUNDS rounds do the rounds drop
+    (never under one); if even the smallest plan does not fit, the smallest plan.
     """
     least = min(MIN_POINTS, len(sizes))
-    for rounds in range(repeats, 0, -1):
-        for count in range(len(sizes), least - 1, -1):
-            chosen = _thin(sizes, count)
+    steady = min(STEADY_ROUNDS, repeats)
+    for count in range(len(sizes), least - 1, -1):
+        chosen = _thin(sizes, count)
+        for rounds in range(repeats, steady - 1, -1):
             if rounds * sum(estimate(k) for k in chosen) <= budget_s:
                 return chosen, rounds
-    return _thin(sizes, least), 1
+    chosen = _thin(sizes, least)
+    for rounds in range(steady - 1, 0, -1):
+        if rounds * sum(estimate(k) for k in chosen) <= budget_s:
+            return chosen, rounds
+    return chosen, 1
 
 
 def _median(values: Sequence[float]) -> float:
@@ -370,7 +390,7 @@ def _rounds(jobs: Sequence[tuple[_Bench, int]], repeats: int, rng: random.Random
 
 
 def measure(model: Any, *, cached: int = 256, tokens: Sequence[int] = DEFAULT_TOKENS, repeats: int = 5,
-            budget_s: float = 8.0) -> CostModel:
+            budget_s: float = 12.0) -> CostModel:
     """Time real forwards of `model` and fit a CostModel, in about `budget_s` seconds.
 
     After a prefix of `cached` random (seeded) tokens, each count in `tokens` (1 always included) goes
@@ -406,8 +426,9 @@ def measure(model: Any, *, cached: int = 256, tokens: Sequence[int] = DEFAULT_TO
         prefill = bench.fill(cached)
         estimate = _warm_up(bench, sizes)
         longest = _longest(backend)
-        second = SECOND_FACTOR * cached if longest is None else min(SECOND_FACTOR * cached, longest - SECOND_TOKENS)
-        second_cost = 0.0 if second <= cached else 1.5 * (prefill * second / cached + repeats * (estimate(1) + estimate(SECOND_TOKENS)))
+        second = _second_length(cached, longest, prefill, budget_s)
+        rounds_at_second = min(STEADY_ROUNDS, repeats) * (estimate(1) + estimate(SECOND_TOKENS))
+        second_cost = 0.0 if second <= cached else prefill * second / cached + 1.5 * rounds_at_second
         left = budget_s - (time.perf_counter() - began) - second_cost
         chosen, rounds = agree(plan(sizes, repeats, estimate, left))
         jobs = [(bench, k) for k in chosen]
@@ -438,6 +459,15 @@ def measure(model: Any, *, cached: int = 256, tokens: Sequence[int] = DEFAULT_TO
     }
     return agree(CostModel(points=medians, reference_cached=cached, per_cached=per_cached,
                            per_cached_token=per_cached_token, info=info))
+
+
+def _second_length(cached: int, longest: int | None, prefill: float, budget_s: float) -> int:
+    """The second cache length: SECOND_FACTOR x `cached` (within what the model attends over), or only
+    NEAR_FACTOR x where filling that much would take over a quarter of the budget (`prefill`: the seconds
+    `cached` positions took), so that a slow machine keeps its budget for the token counts, which the
+    planner's choices turn on."""
+    factor = SECOND_FACTOR if prefill * SECOND_FACTOR <= budget_s / 4 else NEAR_FACTOR
+    return factor * cached if longest is None else min(factor * cached, longest - SECOND_TOKENS)
 
 
 def _load_average() -> list[float] | None:

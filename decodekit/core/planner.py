@@ -13,7 +13,9 @@ its source ("context:3" for a context match of 3 tokens, "pool:window", "lookup:
 
 A node is accepted only if its parent is, so probabilities never grow along a path and the k most
 probable nodes form a prefix-closed subtree: a tree the strategy can put through as it is. k = 0 with
-no extra is plain greedy's one-token step; it wins whenever no draft pays for its cost.
+no extra is plain greedy's one-token step; it wins whenever no draft pays for its cost, except on a
+probe (one token of a source this decode has no evidence for, at most once every
+`StepPlanner.probe_interval` steps).
 
 In a batch every row's step is padded to the longest row's and packed into one forward of
 rows x T tokens, so one row's long draft costs every row. Each row still plans for itself, at the
@@ -89,33 +91,64 @@ class PlannedStep:
 class AcceptanceModel:
     """P(a draft's d-th token is accepted | its first d-1 were), per (source, depth), from counts.
 
-    Each (source, depth) keeps decayed counts of accepted and tried tokens under a Beta prior of mean
-    `prior_mean` and weight `prior_weight`; the estimate is the posterior mean plus `optimism` standard
-    deviations, so an untried source gets tried, and one whose evidence has faded (counts decay by
-    `decay` each step) is tried again later: a text that turns to copying is noticed. Depths beyond
+    Each (source, depth) keeps decayed counts of accepted and tried tokens (counts decay by `decay` each
+    step, so old evidence fades and a text that turns to copying is noticed) under a Beta prior of weight
+    `prior_weight`. The prior's mean (`prior`) says what an untried cell is worth before this decode has
+    shown anything, and it is deliberately modest: on a machine where a forward of 2 tokens costs 1.5
+    forwards of one, a first token must be accepted half the time to pay, and an optimistic prior makes
+    the planner put through drafts that lose (docs/benchmarks.md, "The acceptance model, measured").
+    - depth 1: `prior_mean`, plus `per_matched` for each token of the source's match beyond the first (a
+      source "name:K" is a match of K tokens, as "context:3" or "lookup:2"), at most `prior_ceiling`: a
+      long match of the text's end predicts a copy;
+    - depth 2: `prior_deep`: a draft whose first token was right is more often right again;
+    - depth 3 and on: the estimate at the depth before, so a source that has been right deep down
+      (a copy) keeps its long drafts.
+    The estimate is the posterior mean plus `optimism` standard deviations (0: none). Depths beyond
     `max_depth` share its counts.
     """
 
-    prior_mean: float = 0.35
+    prior_mean: float = 0.15
+    per_matched: float = 0.1
+    prior_ceiling: float = 0.55
+    prior_deep: float = 0.5
     prior_weight: float = 2.0
-    optimism: float = 1.0
+    optimism: float = 0.0
     decay: float = 0.97
     max_depth: int = 8
     counts: dict[tuple[str, int], list[float]] = attrs.Factory(dict)  # (source, depth) -> [accepted, tried]
 
+    def prior(self, source: str, depth: int, before: float | None = None) -> float:
+        """The Beta prior's mean for a (source, depth) cell (class docstring); `before`: the estimate at
+        depth - 1, when the caller has it."""
+        if depth >= 3:
+            return self._cells(source, depth - 1)[-1][1] if before is None else before
+        if depth == 2:
+            return self.prior_deep
+        tail = source.rpartition(":")[2]
+        matched = int(tail) if tail.isdigit() else 1
+        return min(self.prior_ceiling, self.prior_mean + self.per_matched * max(0, matched - 1))
+
     def probability(self, source: str, depth: int) -> float:
-        accepted, tried = self.counts.get((source, min(depth, self.max_depth)), (0.0, 0.0))
-        alpha = accepted + self.prior_mean * self.prior_weight
-        beta = tried - accepted + (1.0 - self.prior_mean) * self.prior_weight
-        total = alpha + beta
-        spread = math.sqrt(alpha * beta / (total * total * (total + 1.0)))
-        return min(1.0, alpha / total + self.optimism * spread)
+        return self._cells(source, depth)[-1][0]
+
+    def _cells(self, source: str, depth: int) -> list[tuple[float, float]]:
+        """(estimate, posterior mean) for depths 1 .. depth; beyond max_depth, max_depth's."""
+        out: list[tuple[float, float]] = []
+        for d in range(1, min(depth, self.max_depth) + 1):
+            accepted, tried = self.counts.get((source, d), (0.0, 0.0))
+            mean = self.prior(source, d, out[-1][1] if out else None)
+            alpha = accepted + mean * self.prior_weight
+            beta = tried - accepted + (1.0 - mean) * self.prior_weight
+            total = alpha + beta
+            spread = math.sqrt(alpha * beta / (total * total * (total + 1.0))) if self.optimism else 0.0
+            out.append((min(1.0, alpha / total + self.optimism * spread), alpha / total))
+        return out + [out[-1]] * (depth - len(out))
 
     def path(self, draft: Draft) -> list[float]:
         """P(the draft's first d tokens are all accepted), for d = 1..len(draft)."""
         out, running = [], 1.0
-        for depth in range(1, len(draft.tokens) + 1):
-            running *= self.probability(draft.source, depth)
+        for p, _ in self._cells(draft.source, len(draft.tokens)) if draft.tokens else ():
+            running *= p
             out.append(running)
         return out
 
@@ -125,6 +158,10 @@ class AcceptanceModel:
             cell = self.counts.setdefault((draft.source, min(depth, self.max_depth)), [0.0, 0.0])
             cell[1] += 1.0
             cell[0] += 1.0 if depth <= matched else 0.0
+
+    def tried(self, source: str, depth: int) -> float:
+        """The (decayed) count of tokens tried at this source and depth."""
+        return self.counts.get((source, min(depth, self.max_depth)), (0.0, 0.0))[1]
 
     def fade(self) -> None:
         """One step passed: older evidence weighs less."""
@@ -160,7 +197,6 @@ class _Nodes:
     def build(cls, drafts: Sequence[Draft], acceptance: AcceptanceModel) -> "_Nodes":
         nodes = cls()
         index: dict[tuple[int, int], int] = {}
-        miss: list[float] = []  # per node: P(no draft through it is accepted there), before capping
         for draft in drafts:
             parent, path = -1, []
             for depth, p in enumerate(acceptance.path(draft), start=1):
@@ -170,12 +206,13 @@ class _Nodes:
                     node = index[key] = len(nodes.parents)
                     nodes.parents.append(parent)
                     nodes.depths.append(depth)
-                    miss.append(1.0)
-                miss[node] *= 1.0 - p
+                    nodes.probs.append(0.0)
+                # drafts that share a node are not independent evidence (pool n-grams that share a first
+                # token mostly come from the same text): the node is as likely as its likeliest draft
+                nodes.probs[node] = max(nodes.probs[node], p)
                 path.append(node)
                 parent = node
             nodes.paths.append(path)
-        nodes.probs = [1.0 - m for m in miss]
         nodes._make_consistent()
         return nodes
 
@@ -243,6 +280,16 @@ class StepPlanner:
     cost: ForwardCost
     acceptance: AcceptanceModel = attrs.Factory(AcceptanceModel)
     max_nodes: int = 64
+    # A probe: when no draft pays by its prior, the likeliest first token of a source with no evidence in
+    # this decode (its first-token cell tried less than half a time, after fading) goes through anyway,
+    # at most once every `probe_interval` steps: a modest prior alone would never try a source on a steep
+    # curve, and so never see that the text has turned to copying. Its cost is bounded: one extra token
+    # in `probe_interval` steps. 0: never probe.
+    probe_interval: int = 32
+    since_probe: int = attrs.field(init=False)  # steps since the last probe (the first step may probe)
+
+    def __attrs_post_init__(self) -> None:
+        self.since_probe = self.probe_interval
 
     def plan(self, drafts: Sequence[Draft], cached: int, extras: Sequence[Extra] = ()) -> PlannedStep:
         """The drafts' prefixes (and extra) that maximise expected committed tokens per second of forward time.
@@ -260,6 +307,9 @@ class StepPlanner:
         step_budget = getattr(self.cost, "step_budget", None)
         budget = step_budget(best_values(options)) if step_budget is not None else None
         k, extra = self._fastest(options, cached, budget)
+        self.since_probe += 1
+        if k == 0 and extra is None and self._probe(drafts, nodes, order, budget):
+            k = 1
         chosen = set(order[:k])
         cut = []
         for draft, path in zip(drafts, nodes.paths):
@@ -279,13 +329,29 @@ class StepPlanner:
         The first option is the one-token step, which always fits.
         """
         best_rate, best = 0.0, options[0]
+        seconds: dict[int, float] = {}  # tokens -> predicted seconds: options share sizes, and a prediction is not free
         for option in options:
             if budget is not None and option.tokens > budget:
                 continue
-            rate = option.value / self.cost.seconds(option.tokens, cached)
+            if option.tokens not in seconds:
+                seconds[option.tokens] = self.cost.seconds(option.tokens, cached)
+            rate = option.value / seconds[option.tokens]
             if rate > best_rate * (1 + 1e-9):  # a strict gain: ties keep the smaller step
                 best_rate, best = rate, option
         return best.nodes, best.extra
+
+    def _probe(self, drafts: Sequence[Draft], nodes: "_Nodes", order: Sequence[int], budget: int | None) -> bool:
+        """Whether this step probes its likeliest node (a first token: the top of `order` always is one)."""
+        if not (self.probe_interval and order and self.since_probe >= self.probe_interval):
+            return False
+        if budget is not None and budget < 2:
+            return False
+        top = order[0]
+        untried = any(path and path[0] == top and self.acceptance.tried(draft.source, 1) < 0.5
+                      for draft, path in zip(drafts, nodes.paths))
+        if untried:
+            self.since_probe = 0
+        return untried
 
     def record(self, drafts: Sequence[Draft], committed: Sequence[int]) -> None:
         """After verification: teach the acceptance model what each put-through draft earned."""

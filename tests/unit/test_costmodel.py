@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from decodekit.core import costmodel
-from decodekit.core.costmodel import CostModel, cost_model_for, measure, plan
+from decodekit.core.costmodel import CostModel, _thin, cost_model_for, measure, plan
 from decodekit.core.machine import parse_cpuinfo
 from decodekit.testing.models import tiny_model
 
@@ -141,12 +141,19 @@ def test_json_round_trip_keeps_the_measured_part():
 # -- measuring: the plan, and a real model ----------------------------------------------------------
 
 
-def test_plan_thins_sizes_then_repeats_keeping_one_and_four_points():
+def test_plan_drops_sizes_before_rounds_keeping_the_small_counts_and_the_largest():
     sizes = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
     assert plan(sizes, 3, lambda k: 0.001, budget_s=6.0) == (sizes, 3)
     chosen, rounds = plan(sizes, 3, lambda k: 0.1 + 0.01 * k, budget_s=6.0)
     assert rounds == 3 and chosen[0] == 1 and chosen[-1] == 64 and 4 <= len(chosen) < len(sizes)
-    assert plan(sizes, 3, lambda k: 10.0, budget_s=6.0) == ([1, 6, 16, 64], 1)  # the least, even over budget
+    # a slow model: the cheap small counts a steep curve is decided on, then the largest, then powers of two
+    assert _thin(sizes, 4) == [1, 2, 4, 64] and _thin(sizes, 7) == [1, 2, 4, 8, 16, 32, 64]
+    # three rounds of 4 counts (5.7 s) rather than 5 counts (6.9 s) in fewer rounds
+    assert plan(sizes, 5, lambda k: 0.3 + 0.01 * k, budget_s=6.0) == ([1, 2, 4, 64], 3)
+    assert plan(sizes, 5, lambda k: 0.3 + 0.01 * k, budget_s=7.0) == ([1, 2, 4, 8, 64], 3)
+    # rounds drop under three only when four counts do not fit three rounds
+    assert plan(sizes, 5, lambda k: 1.0, budget_s=9.0) == ([1, 2, 4, 64], 2)
+    assert plan(sizes, 3, lambda k: 10.0, budget_s=6.0) == ([1, 2, 4, 64], 1)  # the least, even over budget
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ def test_a_flat_curve_puts_the_whole_tree_through():
 
 def test_a_steep_curve_drafts_nothing():
     # a node is worth less than one token (p < 1) and costs as much as a whole forward: never pays
-    step = StepPlanner(cost=STEEP).plan(DRAFTS, cached=100)
+    step = StepPlanner(cost=STEEP, probe_interval=0).plan(DRAFTS, cached=100)
     assert step.nodes == 0 and step.drafts == () and step.extra is None
     assert step.expected == 1.0 and step.tokens == 1
 
@@ -46,13 +46,73 @@ def test_a_gentle_curve_drafts_only_the_likely_prefix():
 def test_drafting_stops_when_drafts_keep_failing_and_resumes_when_evidence_fades():
     planner = StepPlanner(cost=GENTLE)
     draft = Draft(tokens=(5, 6, 7), source="lookup:2")
-    assert planner.plan([draft], cached=10).nodes == 3  # untried: the prior is optimistic enough
+    # untried: a 2-token match's first token 0.25, then 0.5 and 0.5; at 10% of a forward per token the
+    # rate (1 + 0.25 + 0.125 [+ 0.0625]) / (1.2 [1.3]) is best at two nodes
+    assert planner.plan([draft], cached=10).nodes == 2
     for _ in range(20):
         planner.record([draft], committed=[9])  # the first token never matches
     assert planner.plan([draft], cached=10).nodes == 0
     for _ in range(200):
         planner.record([], committed=[9])  # steps without drafts: the old evidence fades
     assert planner.plan([draft], cached=10).nodes > 0
+
+
+# A CPU whose 2-token forward costs 1.45 one-token forwards (float32 on a 2-core AVX2-only EPYC, measured
+# in docs/benchmarks.md): a draft token must be accepted about half the time to pay.
+STEEP_CPU = CostModel.from_points({1: 1.0, 2: 1.45, 3: 1.78, 4: 2.0, 8: 2.7, 16: 3.1, 32: 4.0, 64: 6.0})
+
+
+def test_before_any_evidence_a_steep_cpu_drafts_only_long_context_matches():
+    planner = StepPlanner(cost=STEEP_CPU, probe_interval=0)
+    pool = [Draft(tokens=(1, 2, 3), source="pool:text"), Draft(tokens=(4, 5, 6), source="pool:window")]
+    assert planner.plan(pool, cached=100).nodes == 0
+    assert planner.plan([Draft(tokens=(1, 2, 3, 4), source="context:1")], cached=100).nodes == 0
+    # a 4-token match's first token is worth 0.45 before evidence: 1.45 tokens for 1.45 forwards, no gain
+    assert planner.plan([Draft(tokens=(1, 2, 3, 4), source="context:4")], cached=256).nodes == 0
+    # a longer match (the prior's ceiling, 0.55) pays for one node; a second, at 0.5 x 0.55, does not
+    long = planner.plan([Draft(tokens=(1, 2, 3, 4), source="context:6")], cached=256)
+    assert long.nodes == 1 and long.expected == pytest.approx(1.55)
+
+
+def test_a_source_that_copies_deep_keeps_its_long_drafts():
+    planner = StepPlanner(cost=STEEP_CPU)
+    copy = Draft(tokens=tuple(range(1, 13)), source="context:3")
+    for _ in range(6):  # three steps of 3 accepted tokens: depths 1-3 right, 4 and on never tried
+        planner.record([Draft(tokens=copy.tokens[:3], source="context:3")], committed=[1, 2, 3, 0])
+    acceptance = planner.acceptance
+    assert acceptance.probability("context:3", 3) > 0.8
+    # an untried depth takes the depth before's estimate as its prior, not a fixed guess
+    assert acceptance.probability("context:3", 7) == pytest.approx(acceptance.probability("context:3", 3))
+    assert planner.plan([copy], cached=100).nodes == 12
+
+
+def test_a_source_without_evidence_is_probed_one_token_at_most_once_per_interval():
+    planner = StepPlanner(cost=STEEP, probe_interval=4)
+    lookup = [Draft(tokens=(5, 6, 7), source="lookup:2")]
+    first = planner.plan(lookup, cached=100)  # no evidence yet: its first token goes through, though it does not pay
+    assert first.nodes == 1 and first.drafts == (Draft(tokens=(5,), source="lookup:2"),)
+    planner.record(first.drafts, committed=[9])  # rejected: the source now has evidence
+    assert [planner.plan(lookup, cached=100).nodes for _ in range(30)] == [0] * 30  # by rate, and no probe
+    assert planner.acceptance.tried("lookup:2", 1) > 0.5
+    planner.record([], committed=[9])
+    for _ in range(30):  # the evidence fades below half a try
+        planner.record([], committed=[9])
+    assert planner.acceptance.tried("lookup:2", 1) < 0.5
+    assert planner.plan(lookup, cached=100).nodes == 1  # probed again
+    assert planner.plan([Draft(tokens=(1,), source="other")], cached=100).nodes == 0  # within the interval
+    # in a batch whose step size is one token, nothing is probed
+    batch = _batch(2, STEEP)
+    batch.budget = 1
+    assert StepPlanner(cost=batch, probe_interval=4).plan(lookup, cached=100).nodes == 0
+
+
+def test_drafts_that_share_a_node_are_not_counted_as_independent_evidence():
+    acceptance = AcceptanceModel()
+    drafts = [Draft(tokens=(7, k), source="pool:text") for k in range(1, 13)]  # 12 n-grams after the same token
+    nodes = _Nodes.build(drafts, acceptance)
+    first = nodes.paths[0][0]
+    assert all(path[0] == first for path in nodes.paths)
+    assert nodes.probs[first] == pytest.approx(acceptance.probability("pool:text", 1))  # not 1 - (1 - p)^12
 
 
 def test_an_extra_block_is_carried_when_its_worth_pays_for_its_tokens():

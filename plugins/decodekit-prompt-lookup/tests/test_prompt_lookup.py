@@ -114,5 +114,7 @@ def test_the_planner_sizes_the_drafts_to_the_cost_curve(decodekit_tiny_model):
     for out in runs.values():
         assert torch.equal(out.sequences, ref.sequences)
     assert runs["flat"].stats.mean_accepted > 1.5  # whole drafts go through and are accepted
-    assert runs["steep"].stats.tokens_computed == runs["steep"].stats.steps - 1  # one token per step: nothing pays
+    # one token per step, nothing pays, but for one probe: the first draft's first token goes through, since
+    # the source had no evidence yet (at most once every 32 steps; these are 23)
+    assert runs["steep"].stats.tokens_computed == runs["steep"].stats.steps - 1 + 1
     assert runs["unplanned"].stats.tokens_computed > runs["unplanned"].stats.steps  # plan=false drafts regardless
