@@ -291,11 +291,7 @@ def _priority(sizes: Sequence[int]) -> list[int]:
     concave curve; 1 -> 6 in one segment does not (a forward of 2 tokens can cost 1.5x one of 1)."""
     first = [k for k in (sizes[0], 2, 4, sizes[-1]) if k in sizes]
     powers = [k for k in sizes if k & (k - 1) == 0]
-    out: list[int] = []
-    for k in [*first, *powers, *sizes]:
-        if k not in out:
-            out.append(k)
-    return out
+    return list(dict.fromkeys([*first, *powers, *sizes]))  # in that order, each once
 
 
 def _thin(sizes: Sequence[int], count: int) -> list[int]:
@@ -313,16 +309,13 @@ def plan(sizes: Sequence[int], repeats: int, estimate: Any, budget_s: float) -> 
     """
     least = min(MIN_POINTS, len(sizes))
     steady = min(STEADY_ROUNDS, repeats)
-    for count in range(len(sizes), least - 1, -1):
+    plans = [(count, rounds) for count in range(len(sizes), least - 1, -1) for rounds in range(repeats, steady - 1, -1)]
+    plans += [(least, rounds) for rounds in range(steady - 1, 0, -1)]  # the fewest counts, fewer rounds
+    for count, rounds in plans:
         chosen = _thin(sizes, count)
-        for rounds in range(repeats, steady - 1, -1):
-            if rounds * sum(estimate(k) for k in chosen) <= budget_s:
-                return chosen, rounds
-    chosen = _thin(sizes, least)
-    for rounds in range(steady - 1, 0, -1):
         if rounds * sum(estimate(k) for k in chosen) <= budget_s:
             return chosen, rounds
-    return chosen, 1
+    return _thin(sizes, least), 1
 
 
 def _median(values: Sequence[float]) -> float:

@@ -285,11 +285,9 @@ class StepPlanner:
     # at most once every `probe_interval` steps: a modest prior alone would never try a source on a steep
     # curve, and so never see that the text has turned to copying. Its cost is bounded: one extra token
     # in `probe_interval` steps. 0: never probe.
-    probe_interval: int = 32
-    since_probe: int = attrs.field(init=False)  # steps since the last probe (the first step may probe)
-
-    def __attrs_post_init__(self) -> None:
-        self.since_probe = self.probe_interval
+    probe_interval: int = attrs.field(default=32, validator=attrs.validators.ge(0))
+    # steps since the last probe; it starts at the interval, so the first step may probe
+    since_probe: int = attrs.field(init=False, default=attrs.Factory(lambda self: self.probe_interval, takes_self=True))
 
     def plan(self, drafts: Sequence[Draft], cached: int, extras: Sequence[Extra] = ()) -> PlannedStep:
         """The drafts' prefixes (and extra) that maximise expected committed tokens per second of forward time.

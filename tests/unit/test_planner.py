@@ -104,6 +104,8 @@ def test_a_source_without_evidence_is_probed_one_token_at_most_once_per_interval
     batch = _batch(2, STEEP)
     batch.budget = 1
     assert StepPlanner(cost=batch, probe_interval=4).plan(lookup, cached=100).nodes == 0
+    with pytest.raises(ValueError, match="'probe_interval' must be >= 0: -1"):
+        StepPlanner(cost=STEEP, probe_interval=-1)
 
 
 def test_drafts_that_share_a_node_are_not_counted_as_independent_evidence():
