@@ -63,8 +63,11 @@ class Running:
 
     def __init__(self, argv: list[str], cwd: Path) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+        # SIGINT at its default in the child, as in a terminal: a pytest started with SIGINT ignored (a
+        # script's background job) would pass SIG_IGN on, and the CLI rightly keeps ignoring it then
         self.proc = subprocess.Popen([CLI, *argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.out, self.err = bytearray(), bytearray()
         self.readers = [threading.Thread(target=self._read, args=(s, b), daemon=True)
                         for s, b in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]

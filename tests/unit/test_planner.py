@@ -108,6 +108,32 @@ def test_a_source_without_evidence_is_probed_one_token_at_most_once_per_interval
         StepPlanner(cost=STEEP, probe_interval=-1)
 
 
+def test_drafted_steps_that_commit_less_than_expected_scale_every_drafts_gain_down():
+    planner = StepPlanner(cost=STEEP_CPU, probe_interval=0)
+    assert planner.calibration() == 1.0
+    chosen = []
+    for matched in range(6, 12):  # long context matches, each of a length with no evidence yet, all wrong
+        step = planner.plan([Draft(tokens=(1, 2, 3, 4), source=f"context:{matched}")], cached=256)
+        chosen.append(step.nodes)
+        planner.record(step.drafts, committed=[9])
+    # by its cell alone each would draft one token (0.55: 1.55 tokens for 1.45 forwards); after two
+    # drafted steps that committed none of their 2 x 0.55 expected, none pays
+    assert chosen == [1, 1, 0, 0, 0, 0]
+    assert planner.acceptance.probability("context:11", 1) == pytest.approx(0.55)
+    assert planner.realized == pytest.approx([0.0, (0.55 * 0.97 + 0.55) * 0.97 ** 4])
+    assert planner.calibration() == pytest.approx(4.0 / (4.0 + planner.realized[1]))
+    for _ in range(30):  # the evidence fades: long matches are tried again
+        planner.record([], committed=[9])
+    assert planner.plan([Draft(tokens=(1, 2, 3, 4), source="context:12")], cached=256).nodes == 1
+    # steps that commit more than expected never scale a gain up: the cells learn that themselves
+    for _ in range(40):
+        step = planner.plan([Draft(tokens=(5, 6), source="context:8")], cached=256)
+        planner.record(step.drafts, committed=[5, 6, 9])
+    assert planner.realized[0] > planner.realized[1] and planner.calibration() == 1.0
+    with pytest.raises(ValueError, match="'calibration_weight' must be > 0: 0"):
+        StepPlanner(cost=STEEP, calibration_weight=0)
+
+
 def test_drafts_that_share_a_node_are_not_counted_as_independent_evidence():
     acceptance = AcceptanceModel()
     drafts = [Draft(tokens=(7, k), source="pool:text") for k in range(1, 13)]  # 12 n-grams after the same token
