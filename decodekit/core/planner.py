@@ -11,11 +11,12 @@ its source ("context:3" for a context match of 3 tokens, "pool:window", "lookup:
 
        rate(k, extra) = (1 + p_1 + ... + p_k + extra.value) / seconds(1 + extra.tokens + k, cached)
 
-A node is accepted only if its parent is, so probabilities never grow along a path and the k most
-probable nodes form a prefix-closed subtree: a tree the strategy can put through as it is. k = 0 with
-no extra is plain greedy's one-token step; it wins whenever no draft pays for its cost, except on a
-probe (one token of a source this decode has no evidence for, at most once every
-`StepPlanner.probe_interval` steps).
+with each p scaled by the step calibration (`StepPlanner.calibration`: what drafted steps have
+committed over what they were expected to, at most 1). A node is accepted only if its parent is, so
+probabilities never grow along a path and the k most probable nodes form a prefix-closed subtree: a
+tree the strategy can put through as it is. k = 0 with no extra is plain greedy's one-token step; it
+wins whenever no draft pays for its cost, except on a probe (one token of a source this decode has no
+evidence for, at most once every `StepPlanner.probe_interval` steps).
 
 In a batch every row's step is padded to the longest row's and packed into one forward of
 rows x T tokens, so one row's long draft costs every row. Each row still plans for itself, at the
