@@ -48,6 +48,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "prompt-by-prompt run")
     parser.add_argument("--model", default="default", metavar="default|PATH",
                         help="the default SmolLM2-135M-Instruct, or a local HuggingFace model folder")
+    parser.add_argument("--device", default="cpu", metavar="cpu|cuda[:N]",
+                        help="where the model runs (default: cpu); not with --nproc")
     parser.add_argument("--sweep", metavar="STRATEGY",
                         help="also try a grid of STRATEGY's parameters and report the fastest (e.g. lookahead)")
     parser.add_argument("--sweep-grid", metavar="GRID", help="the grid, e.g. 'W=4,7,10;N=3,5;G=W' "
@@ -76,6 +78,10 @@ def run_bench(args: argparse.Namespace) -> int:
     # typos and impossible combinations fail before any work
     specs, _plan = api.plan_methods(args.strategies, args.sweep, args.sweep_grid, args.batch_sizes)
     api.check_batch_options(args.batch_sizes, args.multi_turn)
+    api.check_device(args.device)
+    if args.device != "cpu" and args.nproc > 1:
+        raise InputError(f"--device {args.device} runs one process; --nproc {args.nproc} shards the model over "
+                         f"ranks that each choose their own device")
     path = Path(args.questions) if args.questions else qs.default_questions_path()
     chosen = qs.select(qs.read_questions(path), args.categories, args.per_category)
     folder = api.model_folder(args.model)
@@ -104,9 +110,9 @@ def _bench(args: argparse.Namespace, specs: Any, chosen: Any, path: Path) -> int
     print(f"{len(chosen)} questions, {len(specs)} methods: {', '.join(s.label for s in specs)}{sizes}",
           file=sys.stderr)
     tp_size = args.nproc if args.nproc > 1 else None
-    print(f"loading model {args.model} ({args.dtype}{f', sharded over {tp_size} ranks' if tp_size else ''}) ...",
-          file=sys.stderr)
-    model, tokenizer = api.load_model(args.model, args.dtype, tp_size=tp_size)
+    print(f"loading model {args.model} ({args.dtype}{f', sharded over {tp_size} ranks' if tp_size else ''}"
+          f"{f', on {args.device}' if args.device != 'cpu' else ''}) ...", file=sys.stderr)
+    model, tokenizer = api.load_model(args.model, args.dtype, tp_size=tp_size, device=args.device)
     config = {"model": args.model if args.model != "default" else "default (SmolLM2-135M-Instruct)",
               "dtype": args.dtype, "questions": str(path), "categories": args.categories,
               "per_category": args.per_category, "warmup": not args.no_warmup, "ranks": args.nproc}
@@ -114,7 +120,7 @@ def _bench(args: argparse.Namespace, specs: Any, chosen: Any, path: Path) -> int
     doc = api.run_bench(model, tokenizer=tokenizer, questions=chosen, methods=[s.label for s in specs],
                         max_new_tokens=args.max_new_tokens, multi_turn=args.multi_turn, warmup=not args.no_warmup,
                         progress=not args.no_progress and rank == 0, sweep=args.sweep, sweep_grid=args.sweep_grid,
-                        load_draft=lambda name: api.load_model(name, args.dtype)[0],
+                        load_draft=lambda name: api.load_model(name, args.dtype, device=args.device)[0],
                         out=args.out if rank == 0 else None, command=command, config=config, time_limit=args.time_limit,
                         batch_sizes=args.batch_sizes)
     if doc["config"]["interrupted"]:

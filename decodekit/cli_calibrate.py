@@ -16,6 +16,7 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
     parser.add_argument("--model", default="default", metavar="default|PATH",
                         help="the default SmolLM2-135M-Instruct, or a local HuggingFace model folder")
+    parser.add_argument("--device", default="cpu", metavar="cpu|cuda[:N]", help="where the model runs (default: cpu)")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw the curve into FILE.png")
 
 
@@ -111,9 +112,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from decodekit.core.costmodel import calibrate
 
     plot_path = _check_plot(args.plot)
-    api.model_folder(args.model)  # a bad --model fails before anything loads
-    print(f"loading model {args.model} ({args.dtype}) ...", file=sys.stderr)
-    model, _ = api.load_model(args.model, args.dtype)
+    api.model_folder(args.model)  # a bad --model or --device fails before anything loads
+    api.check_device(args.device)
+    print(f"loading model {args.model} ({args.dtype}, on {args.device}) ...", file=sys.stderr)
+    model, _ = api.load_model(args.model, args.dtype, device=args.device)
     print("measuring (a few seconds; a quiet machine gives the truest curve) ...", file=sys.stderr)
     cost, path = calibrate(model)
     name = "default (SmolLM2-135M-Instruct)" if args.model == "default" else args.model

@@ -233,7 +233,7 @@ class CostModel:
 # -- measuring ------------------------------------------------------------------------------------
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     """Wait for queued kernels, so that a clock read after a forward covers all of it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -262,7 +262,7 @@ class _Bench:
         mask = additive_mask(layout, self.length, self.backend.dtype, self.backend.device)  # (1, 1, count, S)
         began = time.perf_counter()
         self.backend.forward(ids, torch.arange(self.length, length), self.cache, mask=mask, logits_to_keep=1)
-        _synchronize(self.backend.device)
+        synchronize(self.backend.device)
         self.length = length
         return time.perf_counter() - began
 
@@ -275,10 +275,10 @@ class _Bench:
         ids = torch.randint(0, self.backend.vocab_size, (tokens,), generator=self.generator)  # (T,)
         mask = additive_mask(layout, self.length, self.backend.dtype, self.backend.device)  # (1, 1, T, S)
         positions = position_ids(layout, self.length)  # (T,)
-        _synchronize(self.backend.device)
+        synchronize(self.backend.device)
         began = time.perf_counter()
         self.backend.forward(ids, positions, self.cache, mask=mask, logits_to_keep=0)  # (T, V)
-        _synchronize(self.backend.device)
+        synchronize(self.backend.device)
         seconds = time.perf_counter() - began
         self.backend.crop_cache(self.cache, self.length)
         return seconds

@@ -20,6 +20,7 @@ import torch
 
 from decodekit.core import ranks as ranks_sync
 from decodekit.core.backend import HFBackend
+from decodekit.core.costmodel import synchronize
 from decodekit.core.decoder import Decoder, DecodeState, Proposal, Verdict
 from decodekit.core.kvcache import RowsCache
 from decodekit.core.masks import packed_mask, packed_positions
@@ -110,6 +111,7 @@ def timed_step(states: Sequence[DecodeState], rows: RowsCache,
     """`forward_packed` as a step of the target: counted in each row's statistics; (logits, wall seconds)."""
     began = time.perf_counter()
     logits = forward_packed(states[0].backend, rows, proposals)
+    synchronize(logits[0].device)  # on a GPU the clock then covers the kernels, not only their launch
     seconds = time.perf_counter() - began
     for state, proposal in zip(states, proposals):
         state.forwards += 1

@@ -89,6 +89,8 @@ def test_batch_defaults_leave_out_the_hf_methods_of_batch_size_one():
     (["bench", "--batch-sizes", "1", "2", "--sweep", "lookahead"], "--sweep runs with batch size 1 only"),
     (["bench", "--batch-size", "4", "--multi-turn"], "--multi-turn runs with batch size 1 only"),
     (["bench", "--batch-size", "2", "2"], "batch size(s) given twice: 2"),
+    (["bench", "--device", "cuda:x"], "--device must be 'cpu', 'cuda' or 'cuda:N', got 'cuda:x'"),
+    (["bench", "--device", f"cuda:{torch.cuda.device_count()}"], f"torch sees {torch.cuda.device_count()} CUDA device(s)"),
 ])
 def test_cli_refuses_before_loading_any_model(argv, says, capsys):
     assert main(argv) == 2
@@ -288,7 +290,7 @@ def test_cli_batch_run_end_to_end(tiny, toy_tokenizer, tmp_path, monkeypatch, ca
     questions.write_text("".join(json.dumps({"question_id": i, "category": c, "turns": [f"{LONG} ({i})"]}) + "\n"
                                  for i, c in enumerate(["writing", "writing", "qa"])))
     monkeypatch.setattr(decodekit.bench.api, "model_folder", lambda name: tmp_path)
-    monkeypatch.setattr(decodekit.bench.api, "load_model", lambda name, dtype="float32", tp_size=None: (tiny, toy_tokenizer))
+    monkeypatch.setattr(decodekit.bench.api, "load_model", lambda name, dtype="float32", tp_size=None, device="cpu": (tiny, toy_tokenizer))
     monkeypatch.setattr(decodekit.core.backend, "load_tokenizer", lambda folder: toy_tokenizer)
     monkeypatch.setattr(decodekit.core.backend, "load_config", lambda folder: tiny.config)
     out = tmp_path / "out"
@@ -307,3 +309,16 @@ def test_cli_batch_run_end_to_end(tiny, toy_tokenizer, tmp_path, monkeypatch, ca
     assert [r["question_ids"] for r in records] == [[0, 2], [1]]
     assert [r["categories"] for r in records] == [["writing", "qa"], ["writing"]]
     assert records[0]["prompt_tokens"] == [61, 61] and records[0]["padded_length"] == 61
+
+
+def test_device_names_a_gpu_torch_sees_and_one_process(monkeypatch, capsys):
+    """--device is checked against torch's CUDA devices (faked here: one GPU) and refused beside --nproc."""
+    from decodekit.bench import api
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert [api.check_device(name) for name in ("cpu", "cuda", "cuda:0")] == ["cpu", "cuda", "cuda:0"]
+    with pytest.raises(InputError, match=r"--device 'cuda:1': torch sees 1 CUDA device\(s\)"):
+        api.check_device("cuda:1")
+    assert main(["bench", "--device", "cuda", "--nproc", "2"]) == 2
+    assert "--device cuda runs one process; --nproc 2 shards the model" in capsys.readouterr().err

@@ -36,6 +36,8 @@ def no_model_load(monkeypatch):
     (["calibrate", "--plot", "curve.jpg"], "--plot must name a .png file, got 'curve.jpg'"),
     (["calibrate", "--plot", "/nonexistent/dir/curve.png"], "the folder '/nonexistent/dir' does not exist"),
     (["calibrate", "--model", "/nonexistent/model"], "--model must be 'default' or a local HuggingFace model folder"),
+    (["calibrate", "--device", "gpu"], "--device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+    (["calibrate", "--device", f"cuda:{torch.cuda.device_count()}"], f"torch sees {torch.cuda.device_count()} CUDA device(s)"),
 ])
 def test_bad_arguments_fail_before_the_model_loads(argv, says, no_model_load, capsys):
     assert main(argv) == 2
@@ -47,7 +49,7 @@ def test_calibrate_measures_again_prints_saves_and_plots(costs, tmp_path, monkey
     from decodekit.testing.models import tiny_model
 
     model = tiny_model("llama", vocab_size=1024, hidden=64, dtype=torch.float32)
-    monkeypatch.setattr(api, "load_model", lambda name, dtype: (model, None))
+    monkeypatch.setattr(api, "load_model", lambda name, dtype, device="cpu": (model, None))
     stale = costmodel.CostModel.flat(9.0)
     costmodel.use_cost_model(model, stale)  # what an earlier measurement left: calibrate ignores it
     plot = tmp_path / "curve.png"

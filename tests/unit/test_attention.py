@@ -71,3 +71,26 @@ def test_every_strategy_on_the_grouped_attention_equals_model_generate(arch, str
     out = decodekit.generate(grouped, ids, strategy, attention_mask=mask, max_new_tokens=24, eos_token_id=[],
                              pad_token_id=0, **params)
     assert out.sequences.tolist() == _generate_without_eos(plain, ids, mask, 24)
+
+
+def test_on_a_gpu_decodekits_forwards_leave_cudnn_attention_out(monkeypatch):
+    """cuDNN's attention builds a graph per new shape, and every decode step is a new shape: on CUDA the
+    backend's forwards run with it disabled (torch's flags inside the context), on the CPU nothing changes;
+    both forwards, one row and packed rows, enter the context with the model's device."""
+    import contextlib
+
+    import decodekit.core.backend as backend
+
+    with backend.decode_attention_kernels(torch.device("cuda", 0)):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after the forward
+    assert isinstance(backend.decode_attention_kernels(torch.device("cpu")), contextlib.nullcontext)
+
+    entered = []
+    real = backend.decode_attention_kernels
+    monkeypatch.setattr(backend, "decode_attention_kernels", lambda device: entered.append(device) or real(device))
+    model = tiny_model("llama", dtype=torch.float32, attn=GROUPED_SDPA)
+    out = decodekit.generate(model, torch.tensor([[5, 6, 7, 8]]), "lookahead", W=3, N=3, G=2, max_new_tokens=6)
+    steps = out.stats.forwards or out.stats.steps
+    assert entered and len(entered) >= steps and set(entered) == {model.device}

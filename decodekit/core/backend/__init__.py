@@ -19,6 +19,7 @@ ranks run the forward together, which must make every decision alike (decodekit.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any, Sequence
 
 import attrs
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import (AttentionInterface, AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GgufConfig,
                           PreTrainedModel)
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -74,6 +76,20 @@ def grouped_sdpa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, 
 
 AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
 AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
+
+# On a GPU, torch's scaled_dot_product_attention may choose cuDNN's attention (it prefers it on Hopper),
+# which builds an execution graph for every new shape and reuses it only for that shape. A decode meets a
+# new shape at every step (the cache grows; planned steps vary in size), so each of the model's layers
+# paid a graph build on every step: on an H200 a masked step of SmolLM2 took ~50-65 ms instead of ~25 ms
+# (docs/benchmarks.md, "On a GPU"). decodekit's forwards leave cuDNN out; torch chooses among the rest.
+DECODE_SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+
+
+def decode_attention_kernels(device: torch.device) -> contextlib.AbstractContextManager:
+    """The context decodekit's forwards run in: on CUDA, torch's sdpa without cuDNN; elsewhere unchanged."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return sdpa_kernel(list(DECODE_SDPA_BACKENDS))
 
 
 def _device_mesh(model: Any) -> Any:
@@ -283,14 +299,15 @@ class HFBackend:
         Returns logits (T or k, V).
         """
         kwargs = {self.cache_keyword: cache}
-        out = self.model(
-            input_ids=input_ids[None].to(self.device),  # (1, T)
-            position_ids=positions[None].to(self.device),  # (1, T)
-            attention_mask=mask,
-            use_cache=True,
-            logits_to_keep=logits_to_keep.to(self.device) if torch.is_tensor(logits_to_keep) else logits_to_keep,
-            **kwargs,
-        )
+        with decode_attention_kernels(self.device):
+            out = self.model(
+                input_ids=input_ids[None].to(self.device),  # (1, T)
+                position_ids=positions[None].to(self.device),  # (1, T)
+                attention_mask=mask,
+                use_cache=True,
+                logits_to_keep=logits_to_keep.to(self.device) if torch.is_tensor(logits_to_keep) else logits_to_keep,
+                **kwargs,
+            )
         return out.logits[0]  # (T, V)
 
     def forward_rows(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: DynamicCache,
@@ -300,14 +317,15 @@ class HFBackend:
         Returns logits (B, T or K, V); every row of the cache grows by T.
         """
         kwargs = {self.cache_keyword: cache}
-        out = self.model(
-            input_ids=input_ids.to(self.device),  # (B, T)
-            position_ids=positions.to(self.device),  # (B, T)
-            attention_mask=mask,
-            use_cache=True,
-            logits_to_keep=logits_to_keep.to(self.device) if torch.is_tensor(logits_to_keep) else logits_to_keep,
-            **kwargs,
-        )
+        with decode_attention_kernels(self.device):
+            out = self.model(
+                input_ids=input_ids.to(self.device),  # (B, T)
+                position_ids=positions.to(self.device),  # (B, T)
+                attention_mask=mask,
+                use_cache=True,
+                logits_to_keep=logits_to_keep.to(self.device) if torch.is_tensor(logits_to_keep) else logits_to_keep,
+                **kwargs,
+            )
         return out.logits  # (B, T, V)
 
     # -- the cache (used by the KV-cache manager only) -----------------------------------------

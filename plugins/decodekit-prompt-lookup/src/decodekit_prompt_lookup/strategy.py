@@ -109,7 +109,7 @@ class PromptLookup(decodekit.Decoder):
         """
         draft = proposal.tokens[1:]
         choices = state.choose(logits, state.chain(draft))  # (T,) T = 1 + len(draft); row i follows draft[:i]
-        agree = torch.as_tensor(draft, dtype=torch.long) == choices[: len(draft)]  # (T - 1,)
+        agree = torch.as_tensor(draft, dtype=torch.long, device=choices.device) == choices[: len(draft)]  # (T - 1,)
         accepted = int(agree.long().cumprod(dim=0).sum())  # length of the all-true prefix
         committed = [*draft[:accepted], int(choices[accepted])]
         if self.planner is not None:
