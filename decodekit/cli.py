@@ -150,6 +150,25 @@ def positive_int(text: str, allowed: str = "an integer >= 1") -> int:
     return value
 
 
+def check_device(name: str) -> str:
+    """--device: 'cpu', or 'cuda' / 'cuda:N' naming a GPU that torch can see (checked before any model loads)."""
+    import torch
+
+    from decodekit.errors import InputError
+
+    if name == "cpu":
+        return name
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise InputError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(match.group(1) or 0)
+    if index >= count:
+        raise InputError(f"--device {name!r}: torch sees {count} CUDA device(s) "
+                         f"(torch {torch.__version__}, cuda {torch.version.cuda})")
+    return name
+
+
 def check_lengths(config: Any, max_new_tokens: int, prompts: Iterable[tuple[str, int]]) -> None:
     """Every prompt's length + --max-new-tokens must fit the model (`config`: its config, read before the
     weights load); prompts are (how to name it, its length in tokens)."""

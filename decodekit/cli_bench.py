@@ -66,7 +66,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     from decodekit.bench import api, questions as qs, report
-    from decodekit.cli import INTERRUPTED, check_lengths
+    from decodekit.cli import INTERRUPTED, check_device, check_lengths
     from decodekit.core.backend import load_config, load_tokenizer
     from decodekit.errors import InputError
     from decodekit.models import chat_ids
@@ -78,7 +78,7 @@ def run_bench(args: argparse.Namespace) -> int:
     # typos and impossible combinations fail before any work
     specs, _plan = api.plan_methods(args.strategies, args.sweep, args.sweep_grid, args.batch_sizes)
     api.check_batch_options(args.batch_sizes, args.multi_turn)
-    api.check_device(args.device)
+    check_device(args.device)
     if args.device != "cpu" and args.nproc > 1:
         raise InputError(f"--device {args.device} runs one process; --nproc {args.nproc} shards the model over "
                          f"ranks that each choose their own device")

@@ -109,11 +109,12 @@ def plot(cost: Any, path: Path, title: str) -> None:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from decodekit.bench import api
+    from decodekit.cli import check_device
     from decodekit.core.costmodel import calibrate
 
     plot_path = _check_plot(args.plot)
     api.model_folder(args.model)  # a bad --model or --device fails before anything loads
-    api.check_device(args.device)
+    check_device(args.device)
     print(f"loading model {args.model} ({args.dtype}, on {args.device}) ...", file=sys.stderr)
     model, _ = api.load_model(args.model, args.dtype, device=args.device)
     print("measuring (a few seconds; a quiet machine gives the truest curve) ...", file=sys.stderr)

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from decodekit import cli_ranks
-from decodekit.cli import check_lengths, parse_strategy_params
+from decodekit.cli import check_device, check_lengths, parse_strategy_params
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +25,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", action="store_true",
                         help="every PROMPT word is a prompt of its own: all of them decoded together as one left-padded "
                              "batch, one forward per step; prints each row, the total tokens/s and the per-row latency")
+    parser.add_argument("--device", default="cpu", metavar="cpu|cuda[:N]",
+                        help="where the model runs (default: cpu); not with --nproc")
     parser.add_argument("--draft-layers", type=int, metavar="K",
                         help="for strategies that need a draft model: use the model's own first K layers with its "
                              "norm and head (default: three quarters of its layers)")
@@ -93,6 +95,10 @@ def run_generate(args: argparse.Namespace) -> int:
         raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.draft_layers is not None and not info.capabilities.needs_draft_model:
         raise InputError(f"--draft-layers was given but strategy {args.strategy!r} does not use a draft model")
+    check_device(args.device)
+    if args.device != "cpu" and args.nproc > 1:
+        raise InputError(f"--device {args.device} runs one process; --nproc {args.nproc} shards the model over "
+                         f"ranks that each choose their own device")
     folder = decodekit.models.default_folder()
     config = backend.load_config(folder)
     layer_count = config.get_text_config(decoder=True).num_hidden_layers
@@ -127,8 +133,12 @@ def _generate(args: argparse.Namespace, info: Any, params: dict, param_words: li
         cli_ranks.join(args.nproc)
         tp_size = args.nproc
     print(f"loading {decodekit.models.DEFAULT_MODEL} ({args.dtype}"
-          f"{f', sharded over {tp_size} ranks' if tp_size else ''}) ...", file=sys.stderr)
+          f"{f', sharded over {tp_size} ranks' if tp_size else ''}"
+          f"{f', on {args.device}' if args.device != 'cpu' else ''}) ...", file=sys.stderr)
     model, _ = decodekit.models.load_default(args.dtype, tp_size=tp_size)
+    if args.device != "cpu":
+        model = model.to(args.device)
+        ids, mask = ids.to(args.device), (None if mask is None else mask.to(args.device))
 
     if info.capabilities.needs_draft_model:
         from decodekit.strategies.speculative import truncated_draft

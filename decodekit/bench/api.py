@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -27,28 +26,11 @@ def model_folder(name: str) -> Path:
     return path
 
 
-def check_device(name: str) -> str:
-    """--device: 'cpu', or 'cuda' / 'cuda:N' naming a GPU that torch can see (checked before any model loads)."""
-    import torch
-
-    if name == "cpu":
-        return name
-    match = re.fullmatch(r"cuda(?::(\d+))?", name)
-    if match is None:
-        raise InputError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    index = int(match.group(1) or 0)
-    if index >= count:
-        raise InputError(f"--device {name!r}: torch sees {count} CUDA device(s) "
-                         f"(torch {torch.__version__}, cuda {torch.version.cuda})")
-    return name
-
-
 def load_model(name: str, dtype: str = "float32", tp_size: int | None = None,
                device: str = "cpu") -> tuple[Any, Any]:
     """'default' -> decodekit.models.load_default(dtype); a local HuggingFace folder -> (model, tokenizer).
     tp_size=N: this rank's slice, sharded over N ranks (under torchrun). device: where the model is moved
-    after loading (a name check_device accepted; not with tp_size)."""
+    after loading (a name decodekit.cli.check_device accepted; not with tp_size)."""
     from decodekit.core.backend import load_pretrained
     from decodekit.models import load_default, resolve_dtype
 

@@ -313,12 +313,13 @@ def test_cli_batch_run_end_to_end(tiny, toy_tokenizer, tmp_path, monkeypatch, ca
 
 def test_device_names_a_gpu_torch_sees_and_one_process(monkeypatch, capsys):
     """--device is checked against torch's CUDA devices (faked here: one GPU) and refused beside --nproc."""
-    from decodekit.bench import api
+    from decodekit.cli import check_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert [api.check_device(name) for name in ("cpu", "cuda", "cuda:0")] == ["cpu", "cuda", "cuda:0"]
+    assert [check_device(name) for name in ("cpu", "cuda", "cuda:0")] == ["cpu", "cuda", "cuda:0"]
     with pytest.raises(InputError, match=r"--device 'cuda:1': torch sees 1 CUDA device\(s\)"):
-        api.check_device("cuda:1")
-    assert main(["bench", "--device", "cuda", "--nproc", "2"]) == 2
-    assert "--device cuda runs one process; --nproc 2 shards the model" in capsys.readouterr().err
+        check_device("cuda:1")
+    for command in (["bench"], ["generate", "Hi"]):
+        assert main([*command, "--device", "cuda", "--nproc", "2"]) == 2
+        assert "--device cuda runs one process; --nproc 2 shards the model" in capsys.readouterr().err

@@ -72,6 +72,7 @@ def test_what_counts_as_a_parameter_word(word, is_param):
     (["generate", "Hi", "--strategy", "lookahead", "W=0"], "W must be >= 1, got 0"),
     (["generate", "Hi", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
     (["generate", "Hi", "--strategy", "greedy", "--draft-layers", "2"], "--draft-layers was given but strategy 'greedy'"),
+    (["generate", "Hi", "--device", "tpu"], "--device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
 ])
 def test_bad_values_fail_before_anything_loads(argv, says, capsys, monkeypatch):
     import decodekit.models

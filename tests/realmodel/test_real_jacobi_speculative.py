@@ -2,7 +2,11 @@
 
 SmolLM2-135M-Instruct in float32, 64 new tokens per prompt, prompts spread over the categories
 (tests.helpers; the project's own prompts where Spec-Bench is absent). The draft for speculative
-decoding is the target's own first layers (truncated_draft), so no second model is needed.
+decoding is the target's own first 4 layers (truncated_draft), so no second model is needed. So weak a
+draft is rejected at most steps (on these prompts 551 of 581 steps commit only the target's own token),
+which puts the rejection and correction path on every prompt at a third of the cost of a 22-layer
+draft (2.3x greedy's time instead of 4.1x); many-token acceptances are what the property tests draw,
+with drafts that agree often.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def greedy_outputs(default_model_fp32):
 
 @pytest.mark.parametrize("strategy, params", [
     ("jacobi", {"block_size": 8, "max_iterations": 8}),
-    ("speculative", {"gamma": 4, "draft_layers": 22}),
+    ("speculative", {"gamma": 3, "draft_layers": 4}),
 ])
 def test_equals_greedy_on_spec_bench(default_model_fp32, greedy_outputs, strategy, params):
     model, _ = default_model_fp32
