@@ -150,14 +150,18 @@ def positive_int(text: str, allowed: str = "an integer >= 1") -> int:
     return value
 
 
-def check_device(name: str) -> str:
-    """--device: 'cpu', or 'cuda' / 'cuda:N' naming a GPU that torch can see (checked before any model loads)."""
+def check_device(name: str, nproc: int = 1) -> str:
+    """--device: 'cpu', or 'cuda' / 'cuda:N' naming a GPU that torch can see, and then one process (no --nproc
+    N > 1, whose ranks choose their own devices); checked before any model loads."""
     import torch
 
     from decodekit.errors import InputError
 
     if name == "cpu":
         return name
+    if nproc > 1:
+        raise InputError(f"--device {name} runs one process; --nproc {nproc} shards the model over ranks that each "
+                         f"choose their own device")
     match = re.fullmatch(r"cuda(?::(\d+))?", name)
     if match is None:
         raise InputError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")

@@ -78,10 +78,7 @@ def run_bench(args: argparse.Namespace) -> int:
     # typos and impossible combinations fail before any work
     specs, _plan = api.plan_methods(args.strategies, args.sweep, args.sweep_grid, args.batch_sizes)
     api.check_batch_options(args.batch_sizes, args.multi_turn)
-    check_device(args.device)
-    if args.device != "cpu" and args.nproc > 1:
-        raise InputError(f"--device {args.device} runs one process; --nproc {args.nproc} shards the model over "
-                         f"ranks that each choose their own device")
+    check_device(args.device, args.nproc)
     path = Path(args.questions) if args.questions else qs.default_questions_path()
     chosen = qs.select(qs.read_questions(path), args.categories, args.per_category)
     folder = api.model_folder(args.model)

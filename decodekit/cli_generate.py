@@ -95,10 +95,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.draft_layers is not None and not info.capabilities.needs_draft_model:
         raise InputError(f"--draft-layers was given but strategy {args.strategy!r} does not use a draft model")
-    check_device(args.device)
-    if args.device != "cpu" and args.nproc > 1:
-        raise InputError(f"--device {args.device} runs one process; --nproc {args.nproc} shards the model over "
-                         f"ranks that each choose their own device")
+    check_device(args.device, args.nproc)
     folder = decodekit.models.default_folder()
     config = backend.load_config(folder)
     layer_count = config.get_text_config(decoder=True).num_hidden_layers

@@ -76,7 +76,7 @@ def test_every_strategy_on_the_grouped_attention_equals_model_generate(arch, str
 def test_on_a_gpu_decodekits_forwards_leave_cudnn_attention_out(monkeypatch):
     """cuDNN's attention builds a graph per new shape, and every decode step is a new shape: on CUDA the
     backend's forwards run with it disabled (torch's flags inside the context), on the CPU nothing changes;
-    both forwards, one row and packed rows, enter the context with the model's device."""
+    every forward of a decode enters the context with the model's device."""
     import contextlib
 
     import decodekit.core.backend as backend
