@@ -113,8 +113,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from decodekit.core.costmodel import calibrate
 
     plot_path = _check_plot(args.plot)
-    api.model_folder(args.model)  # a bad --model or --device fails before anything loads
-    check_device(args.device)
+    check_device(args.device)  # before the folder: resolving the default model converts it on a cold cache
+    api.model_folder(args.model)  # a bad --model fails before anything loads
     print(f"loading model {args.model} ({args.dtype}, on {args.device}) ...", file=sys.stderr)
     model, _ = api.load_model(args.model, args.dtype, device=args.device)
     print("measuring (a few seconds; a quiet machine gives the truest curve) ...", file=sys.stderr)

@@ -9,6 +9,7 @@ import weakref
 import pytest
 import torch
 
+from decodekit import models
 from decodekit.bench import api
 from decodekit.cli import main
 from decodekit.core import costmodel
@@ -25,11 +26,14 @@ def costs(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def no_model_load(monkeypatch):
+def no_model_load(monkeypatch, tmp_path):
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the arguments were checked")
 
     monkeypatch.setattr(api, "load_model", must_not_load)
+    # on a cold cache, resolving the default model converts it (seconds of work): that must wait for the checks too
+    monkeypatch.setattr(models, "_convert", must_not_load)
+    monkeypatch.setenv("DECODEKIT_CACHE", str(tmp_path / "empty-cache"))
 
 
 @pytest.mark.parametrize("argv, says", [
