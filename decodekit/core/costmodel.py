@@ -511,10 +511,13 @@ def cost_key(model: Any) -> dict[str, Any]:
 
 
 def costs_dir() -> Path:
-    """Where measured cost models are kept: costs/ under decodekit's cache directory (DECODEKIT_CACHE, ...)."""
+    """Where measured cost models are kept: $DECODEKIT_COSTS if set, else costs/ under decodekit's cache
+    directory (DECODEKIT_CACHE, ...). The test suite points DECODEKIT_COSTS at a folder of its own, so
+    the curves its runs measure never reach the user's cache."""
     from decodekit.models import cache_dir
 
-    return cache_dir() / "costs"
+    override = os.environ.get("DECODEKIT_COSTS")
+    return Path(override).expanduser() if override else cache_dir() / "costs"
 
 
 def cost_path(key: Mapping[str, Any]) -> Path:

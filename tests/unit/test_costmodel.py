@@ -4,6 +4,7 @@ a real measurement on a small random model."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import weakref
 
@@ -187,8 +188,10 @@ def test_measure_refuses_what_the_model_cannot_attend_over():
 
 @pytest.fixture
 def fake_measure(monkeypatch, tmp_path):
-    """DECODEKIT_CACHE in tmp_path, an empty memo, and measure() replaced by a counted synthetic one."""
+    """DECODEKIT_CACHE in tmp_path (DECODEKIT_COSTS unset), an empty memo, and measure() replaced by a
+    counted synthetic one."""
     monkeypatch.setenv("DECODEKIT_CACHE", str(tmp_path))
+    monkeypatch.delenv("DECODEKIT_COSTS", raising=False)
     monkeypatch.setattr(costmodel, "_MEMO", weakref.WeakKeyDictionary())
     # tiny models come with a synthetic cost model attached; here they must go through the cache and measure()
     monkeypatch.setattr("decodekit.testing.models.use_cost_model", lambda model, cost: None)
@@ -213,6 +216,22 @@ def test_disk_cache_round_trip(fake_measure, tmp_path):
     other = tiny_model("llama", seed=0, dtype=torch.float32)  # another dtype: another key
     cost_model_for(other)
     assert len(fake_measure) == 2 and len(list((tmp_path / "costs").iterdir())) == 2
+
+
+def test_decodekit_costs_overrides_the_folder(fake_measure, tmp_path, monkeypatch):
+    monkeypatch.setenv("DECODEKIT_COSTS", str(tmp_path / "elsewhere"))
+    cost_model_for(tiny_model("llama", seed=0))
+    assert [p.parent for p in (tmp_path / "elsewhere").iterdir()] == [tmp_path / "elsewhere"]
+    assert not (tmp_path / "costs").exists()  # nothing under $DECODEKIT_CACHE/costs
+
+
+def test_the_suite_keeps_its_curves_out_of_the_users_cache():
+    """tests/conftest.py sets DECODEKIT_COSTS for the whole run; every test and subprocess inherits it."""
+    from decodekit.models import cache_dir
+
+    folder = costmodel.costs_dir()
+    assert os.environ["DECODEKIT_COSTS"] == str(folder) and folder.name.startswith("decodekit-test-costs-")
+    assert cache_dir() not in folder.parents
 
 
 def test_the_key_covers_threads_and_the_cpu(fake_measure, monkeypatch):
