@@ -41,8 +41,12 @@ import torch
 from decodekit.core.machine import cpu_info
 from decodekit.errors import InputError
 
-COST_FORMAT = 4  # bump when the file's layout or what measure() times or fits changes (2: the monotone fit; 3: 4x cached; 4: small counts first)
-DEFAULT_TOKENS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+COST_FORMAT = 5  # bump when the file's layout or what measure() times or fits changes (2: the monotone fit; 3: 4x cached; 4: small counts first; 5: every count to 16)
+# Every count up to 16, where the planner's steps mostly lie: a float32 matrix product on a CPU can run some
+# counts far slower than their neighbours (3, 7 and 11 tokens at 1.96x, 1.70x and 1.73x a one-token forward
+# against 1.46x, 1.33x and 1.54x for 4, 8 and 12 on a family 25 model 17 EPYC), and interpolating between
+# measured counts hides that (docs/cost-model.md); then sparser, and beyond 64 the last segment's slope.
+DEFAULT_TOKENS = (*range(1, 17), 24, 32, 48, 64)
 CURVE_TOKENS = (1, 2, 4, 8, 16, 32, 64)
 SECOND_TOKENS = 16  # the token count also timed at the second cache length
 SECOND_FACTOR = 4  # the second cache length, in multiples of the first: far enough that the growth is not lost in noise

@@ -176,6 +176,14 @@ def test_measure_a_real_model_within_its_budget(medium_model):
     assert cost.seconds(16, 100_000) >= cost.seconds(16, 128)
 
 
+def test_measure_times_every_count_up_to_16(medium_model):
+    """Where the planner's steps mostly lie, every count is timed, not interpolated: a CPU's float32 matrix
+    product can run 3, 7 or 11 tokens slower than 4, 8 or 12 (docs/cost-model.md)."""
+    cost = measure(medium_model, cached=128, budget_s=6.0)
+    measured = [k for k, _ in cost.info["measured_points"]]
+    assert [k for k in measured if k <= 16] == list(range(1, 17)) and measured[-1] == 64
+
+
 def test_measure_refuses_what_the_model_cannot_attend_over():
     with pytest.raises(ValueError, match="measure: cached 500 \\+ the largest token count 64 = 564 exceeds"):
         measure(tiny_model("llama"), cached=500)
