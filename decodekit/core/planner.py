@@ -88,6 +88,28 @@ class PlannedStep:
         return 1 + (self.extra.tokens if self.extra else 0) + self.nodes
 
 
+def _number(low: float, high: float | None, open_low: bool = False) -> Any:
+    """An attrs validator: a finite number in [low, high] ((low, ...] with open_low; high None: no bound)."""
+    allowed = f"{'(' if open_low else '['}{low}, {'inf)' if high is None else f'{high}]'}"
+
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+              and (value > low if open_low else value >= low) and (high is None or value <= high))
+        if not ok:
+            raise ValueError(f"{type(instance).__name__}: {attribute.name}={value!r} is not allowed; it must be "
+                             f"a finite number in {allowed}")
+    return check
+
+
+def _count(low: int) -> Any:
+    """An attrs validator: an integer >= low."""
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+            raise ValueError(f"{type(instance).__name__}: {attribute.name}={value!r} is not allowed; it must be "
+                             f"an integer >= {low}")
+    return check
+
+
 @attrs.define(eq=False)
 class AcceptanceModel:
     """P(a draft's d-th token is accepted | its first d-1 were), per (source, depth), from counts.
@@ -108,14 +130,14 @@ class AcceptanceModel:
     `max_depth` share its counts.
     """
 
-    prior_mean: float = 0.15
-    per_matched: float = 0.1
-    prior_ceiling: float = 0.55
-    prior_deep: float = 0.5
-    prior_weight: float = 2.0
-    optimism: float = 0.0
-    decay: float = 0.97
-    max_depth: int = 8
+    prior_mean: float = attrs.field(default=0.15, validator=_number(0.0, 1.0))
+    per_matched: float = attrs.field(default=0.1, validator=_number(0.0, 1.0))
+    prior_ceiling: float = attrs.field(default=0.55, validator=_number(0.0, 1.0))
+    prior_deep: float = attrs.field(default=0.5, validator=_number(0.0, 1.0))
+    prior_weight: float = attrs.field(default=2.0, validator=_number(0.0, None, open_low=True))
+    optimism: float = attrs.field(default=0.0, validator=_number(0.0, None))
+    decay: float = attrs.field(default=0.97, validator=_number(0.0, 1.0, open_low=True))
+    max_depth: int = attrs.field(default=8, validator=_count(1))
     counts: dict[tuple[str, int], list[float]] = attrs.Factory(dict)  # (source, depth) -> [accepted, tried]
 
     def prior(self, source: str, depth: int, before: float | None = None) -> float:
@@ -280,7 +302,7 @@ class StepPlanner:
 
     cost: ForwardCost
     acceptance: AcceptanceModel = attrs.Factory(AcceptanceModel)
-    max_nodes: int = 64
+    max_nodes: int = attrs.field(default=64, validator=_count(0))
     # A probe: when no draft pays by its prior, the likeliest first token of a source with no evidence in
     # this decode (its first-token cell tried less than half a time, after fading) goes through anyway,
     # at most once every `probe_interval` steps: a modest prior alone would never try a source on a steep

@@ -94,3 +94,8 @@ def test_on_a_gpu_decodekits_forwards_leave_cudnn_attention_out(monkeypatch):
     out = decodekit.generate(model, torch.tensor([[5, 6, 7, 8]]), "lookahead", W=3, N=3, G=2, max_new_tokens=6)
     steps = out.stats.forwards or out.stats.steps
     assert entered and len(entered) >= steps and set(entered) == {model.device}
+    # the single-row forward (the prefill of a pre-batching strategy, the cost model's timings) enters it too
+    entered.clear()
+    one = backend.HFBackend.for_model(model)
+    one.forward(torch.tensor([5, 6, 7]), torch.arange(3), one.new_cache(), None, logits_to_keep=1)  # (1, V)
+    assert entered == [model.device]

@@ -134,6 +134,27 @@ def test_drafted_steps_that_commit_less_than_expected_scale_every_drafts_gain_do
         StepPlanner(cost=STEEP, calibration_weight=0)
 
 
+@pytest.mark.parametrize("field, value, allowed", [
+    ("prior_mean", 1.5, "[0.0, 1.0]"), ("prior_mean", -0.1, "[0.0, 1.0]"), ("per_matched", float("nan"), "[0.0, 1.0]"),
+    ("prior_ceiling", 2, "[0.0, 1.0]"), ("prior_deep", "0.5", "[0.0, 1.0]"), ("prior_weight", 0.0, "(0.0, inf)"),
+    ("prior_weight", float("inf"), "(0.0, inf)"), ("optimism", -1.0, "[0.0, inf)"), ("decay", 0.0, "(0.0, 1.0]"),
+    ("decay", 1.01, "(0.0, 1.0]"), ("max_depth", 0, "integer >= 1"), ("max_depth", 2.0, "integer >= 1"),
+    ("max_depth", True, "integer >= 1"),
+])
+def test_an_acceptance_model_refuses_a_field_out_of_range(field, value, allowed):
+    with pytest.raises(ValueError) as caught:
+        AcceptanceModel(**{field: value})
+    message = str(caught.value)
+    assert message.startswith(f"AcceptanceModel: {field}={value!r} is not allowed") and allowed in message
+
+
+def test_the_bounds_are_allowed_and_a_negative_node_budget_is_not():
+    model = AcceptanceModel(prior_mean=0.0, per_matched=1.0, prior_ceiling=1.0, prior_deep=0.0, decay=1.0, max_depth=1)
+    assert model.probability("context:3", 1) == pytest.approx(1.0)  # prior 0.0 + 2 x 1.0, capped at the ceiling
+    with pytest.raises(ValueError, match=r"StepPlanner: max_nodes=-1 is not allowed; it must be an integer >= 0"):
+        StepPlanner(cost=STEEP, max_nodes=-1)
+
+
 def test_drafts_that_share_a_node_are_not_counted_as_independent_evidence():
     acceptance = AcceptanceModel()
     drafts = [Draft(tokens=(7, k), source="pool:text") for k in range(1, 13)]  # 12 n-grams after the same token
