@@ -26,6 +26,17 @@ OWN_PROMPTS = [
     ("summarization", "Summarize: The city council met on Tuesday to discuss the new park. Residents asked for more "
                       "trees, a playground and longer opening hours. The council agreed to plant trees this spring "
                       "and to review the opening hours next month."),
+    ("roleplay", "You are a museum guide in a hall of old clocks. Greet a group of school children and tell them "
+                 "what they will see."),
+    ("reasoning", "Anna is older than Ben, and Ben is older than Carl. Is Carl older than Anna? Explain step by step."),
+    ("extraction", "List every date and the event on it: The bridge opened on 3 May 1921, was closed for repairs on "
+                   "12 June 1958 and was painted red on 1 August 1990."),
+    ("stem", "Why does ice float on liquid water? Answer for a curious twelve-year-old."),
+    ("humanities", "What were the main causes of the fall of the Western Roman Empire?"),
+    ("translation", "Translate into French: The library opens at nine and closes at six on weekdays."),
+    ("math_reasoning", "A shop sells pencils at 3 for 45 cents. How much do 12 pencils cost? Show your working."),
+    ("rag", "Using this passage, say what a tide is. Passage: Tides are the regular rise and fall of the sea "
+            "surface, caused mostly by the pull of the Moon's gravity and, to a lesser extent, the Sun's."),
 ]
 
 

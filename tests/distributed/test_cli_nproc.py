@@ -4,6 +4,7 @@ with a clear message, in bounded time."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -54,8 +55,13 @@ def test_generate_on_two_ranks_prints_hf_greedys_text_once_and_lookahead_equals_
                                          "either; allowed tp_size (rank counts): 1, 3; with attention kept whole: 2, 4"),
     (["bench", "--per-category", "1", "--nproc", "5"], "cannot split over 5 ranks"),
 ])
-def test_a_rank_count_that_cannot_work_is_refused_before_any_rank_starts(argv, says, capsys, monkeypatch):
+def test_a_rank_count_that_cannot_work_is_refused_before_any_rank_starts(argv, says, capsys, monkeypatch, tmp_path):
     from decodekit import cli_ranks
+
+    if argv[0] == "bench":  # a question file of its own, so the rank check is reached where Spec-Bench is absent
+        questions = tmp_path / "questions.jsonl"
+        questions.write_text(json.dumps({"question_id": 1, "category": "qa", "turns": ["Name a prime."]}) + "\n")
+        argv = [*argv, "--questions", str(questions)]
 
     def must_not_launch(*args, **kwargs):
         raise AssertionError("ranks were started")
