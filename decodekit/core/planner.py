@@ -261,32 +261,27 @@ class _Nodes:
         return sorted(range(len(self.probs)), key=lambda n: (-self.probs[n], self.depths[n], n))
 
 
-@attrs.frozen
-class _Option:
-    """One way to fill a step: `nodes` draft nodes and maybe an extra block; its size and expected tokens."""
-
-    tokens: int
-    value: float
-    nodes: int
-    extra: Extra | None
+# One way to fill a step: (tokens, value, nodes, extra): `nodes` draft nodes and maybe an extra block, the
+# step's size in tokens and its expected committed tokens. A plain tuple: a step weighs up to
+# (1 + extras) x (1 + max_nodes) of them between two forwards, and building attrs objects for them cost a
+# CPU decode about 1% (docs/benchmarks.md, "The planner's own time").
+_Option = tuple[int, float, int, "Extra | None"]
 
 
 def _options(gains: Sequence[float], extras: Sequence[Extra]) -> list[_Option]:
     """Every (extra, k) choice: k most probable nodes (gains[k]: their summed probabilities), with or without
     each extra block; the one-token step first, then by extra, then by k."""
-    out = []
-    for extra in (None, *extras):
-        size, worth = (extra.tokens, extra.value) if extra else (0, 0.0)
-        for k, gain in enumerate(gains):
-            out.append(_Option(tokens=1 + size + k, value=1.0 + gain + worth, nodes=k, extra=extra))
+    out = [(1 + k, 1.0 + gain, k, None) for k, gain in enumerate(gains)]
+    for extra in extras:
+        out += [(1 + extra.tokens + k, 1.0 + gain + extra.value, k, extra) for k, gain in enumerate(gains)]
     return out
 
 
 def best_values(options: Sequence[_Option]) -> list[float]:
     """values[T - 1]: the most tokens a step of at most T tokens is expected to commit, T = 1 .. the largest option."""
-    values = [0.0] * max(o.tokens for o in options)
-    for option in options:
-        values[option.tokens - 1] = max(values[option.tokens - 1], option.value)
+    values = [0.0] * max(tokens for tokens, _, _, _ in options)
+    for tokens, value, _, _ in options:
+        values[tokens - 1] = max(values[tokens - 1], value)
     for i in range(1, len(values)):
         values[i] = max(values[i], values[i - 1])
     return values
@@ -362,14 +357,15 @@ class StepPlanner:
         best_rate, best = 0.0, options[0]
         seconds: dict[int, float] = {}  # tokens -> predicted seconds: options share sizes, and a prediction is not free
         for option in options:
-            if budget is not None and option.tokens > budget:
+            tokens, value = option[0], option[1]
+            if budget is not None and tokens > budget:
                 continue
-            if option.tokens not in seconds:
-                seconds[option.tokens] = self.cost.seconds(option.tokens, cached)
-            rate = option.value / seconds[option.tokens]
+            if tokens not in seconds:
+                seconds[tokens] = self.cost.seconds(tokens, cached)
+            rate = value / seconds[tokens]
             if rate > best_rate * (1 + 1e-9):  # a strict gain: ties keep the smaller step
                 best_rate, best = rate, option
-        return best.nodes, best.extra
+        return best[2], best[3]
 
     def _probe(self, drafts: Sequence[Draft], nodes: "_Nodes", order: Sequence[int], budget: int | None) -> bool:
         """Whether this step probes its likeliest node (a first token: the top of `order` always is one)."""
