@@ -40,6 +40,17 @@ OWN_PROMPTS = [
 ]
 
 
+def questions_file(folder: Path) -> Path:
+    """A Spec-Bench-format question file: Spec-Bench's own where it is present, else OWN_PROMPTS written to
+    `folder` (question ids 1, 2, ...), so the tests of the CLI's bench and verify run anywhere."""
+    if SPEC_BENCH.is_file():
+        return SPEC_BENCH
+    path = folder / "own_questions.jsonl"
+    path.write_text("".join(json.dumps({"question_id": i, "category": cat, "turns": [prompt]}) + "\n"
+                            for i, (cat, prompt) in enumerate(OWN_PROMPTS, start=1)))
+    return path
+
+
 def spec_bench_prompts(per_category: int = 1, limit: int | None = None) -> list[tuple[str, str]]:
     """(category, first turn) pairs: the first `per_category` rows of every category, in file order."""
     if not SPEC_BENCH.is_file():

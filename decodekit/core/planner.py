@@ -262,9 +262,9 @@ class _Nodes:
 
 
 # One way to fill a step: (tokens, value, nodes, extra): `nodes` draft nodes and maybe an extra block, the
-# step's size in tokens and its expected committed tokens. A plain tuple: a step weighs up to
-# (1 + extras) x (1 + max_nodes) of them between two forwards, and building attrs objects for them cost a
-# CPU decode about 1% (docs/benchmarks.md, "The planner's own time").
+# step's size in tokens and its expected committed tokens. A plain tuple, not an attrs class: a step weighs
+# up to (1 + extras) x (1 + max_nodes) of them on the host between two forwards, where every millisecond
+# is one a greedy decode does not spend.
 _Option = tuple[int, float, int, "Extra | None"]
 
 

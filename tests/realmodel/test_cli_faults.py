@@ -20,7 +20,8 @@ import pytest
 
 import decodekit
 from decodekit.cli import INTERRUPTED, main
-from tests.helpers import SPEC_BENCH
+from decodekit.bench.questions import ENV_QUESTIONS
+from tests.helpers import questions_file
 
 pytestmark = pytest.mark.realmodel
 CLI = str(Path(sys.executable).with_name("decodekit"))
@@ -47,9 +48,8 @@ def no_model_load(monkeypatch):
     (["verify", "--strategy", "greedy", "--max-new-tokens", "8190", "--limit", "1"],
      r"prompt q\w+ \(\w+\): its \d+ tokens \+ --max-new-tokens 8190 = \d+ exceeds the model's max_position_embeddings"),
 ])
-def test_lengths_are_refused_before_the_model_loads(argv, says, no_model_load, capsys):
-    if argv[0] != "generate" and not SPEC_BENCH.is_file():
-        pytest.skip(f"Spec-Bench questions not found at {SPEC_BENCH}")
+def test_lengths_are_refused_before_the_model_loads(argv, says, no_model_load, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv(ENV_QUESTIONS, str(questions_file(tmp_path)))
     began = time.perf_counter()
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -119,9 +119,8 @@ def test_ctrl_c_in_generate(moment, tmp_path):
         assert "tokens/s" not in err  # no statistics of a cut-short run
 
 
-def test_ctrl_c_in_bench_keeps_the_finished_prompts(tmp_path):
-    if not SPEC_BENCH.is_file():
-        pytest.skip(f"Spec-Bench questions not found at {SPEC_BENCH}")
+def test_ctrl_c_in_bench_keeps_the_finished_prompts(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_QUESTIONS, str(questions_file(tmp_path)))  # the child inherits it
     out_dir = tmp_path / "out"
     run = Running(["bench", "--per-category", "1", "--categories", "writing", "roleplay", "coding",
                    "--max-new-tokens", "48", "--strategies", "greedy", "--no-warmup", "--out", str(out_dir)],
@@ -138,8 +137,7 @@ def test_ctrl_c_in_bench_keeps_the_finished_prompts(tmp_path):
 
 
 def test_ctrl_c_in_verify_writes_no_golden_file(tmp_path, monkeypatch, capsys):
-    if not SPEC_BENCH.is_file():
-        pytest.skip(f"Spec-Bench questions not found at {SPEC_BENCH}")
+    monkeypatch.setenv(ENV_QUESTIONS, str(questions_file(tmp_path)))
     real_generate = decodekit.generate
     calls = []
 
@@ -150,8 +148,10 @@ def test_ctrl_c_in_verify_writes_no_golden_file(tmp_path, monkeypatch, capsys):
         return real_generate(*args, **kwargs)
 
     monkeypatch.setattr(decodekit, "generate", interrupted_on_the_third_call)
-    golden = tmp_path / "golden.jsonl"
+    out = tmp_path / "out"
+    out.mkdir()
+    golden = out / "golden.jsonl"
     code = main(["verify", "--strategy", "lookahead", "--limit", "3", "--max-new-tokens", "8", "--record", str(golden)])
     _assert_one_line_interrupt(code, capsys.readouterr().err)
     assert len(calls) == 3
-    assert list(tmp_path.iterdir()) == []  # neither the golden file nor a temporary one
+    assert list(out.iterdir()) == []  # neither the golden file nor a temporary one
