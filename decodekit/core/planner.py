@@ -354,18 +354,17 @@ class StepPlanner:
 
         The first option is the one-token step, which always fits.
         """
-        best_rate, best = 0.0, options[0]
+        best_rate, best = 0.0, options[0][2:]
         seconds: dict[int, float] = {}  # tokens -> predicted seconds: options share sizes, and a prediction is not free
-        for option in options:
-            tokens, value = option[0], option[1]
+        for tokens, value, nodes, extra in options:
             if budget is not None and tokens > budget:
                 continue
             if tokens not in seconds:
                 seconds[tokens] = self.cost.seconds(tokens, cached)
             rate = value / seconds[tokens]
             if rate > best_rate * (1 + 1e-9):  # a strict gain: ties keep the smaller step
-                best_rate, best = rate, option
-        return best[2], best[3]
+                best_rate, best = rate, (nodes, extra)
+        return best
 
     def _probe(self, drafts: Sequence[Draft], nodes: "_Nodes", order: Sequence[int], budget: int | None) -> bool:
         """Whether this step probes its likeliest node (a first token: the top of `order` always is one)."""

@@ -4,7 +4,6 @@ with a clear message, in bounded time."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -20,6 +19,7 @@ import decodekit
 import decodekit.cli
 from decodekit.cli import INTERRUPTED
 from tests.distributed.test_tensor_parallel import pytestmark as _distributed
+from tests.helpers import questions_file
 from tests.realmodel.test_cli_faults import Running
 
 pytestmark = [*_distributed, pytest.mark.realmodel]
@@ -58,10 +58,8 @@ def test_generate_on_two_ranks_prints_hf_greedys_text_once_and_lookahead_equals_
 def test_a_rank_count_that_cannot_work_is_refused_before_any_rank_starts(argv, says, capsys, monkeypatch, tmp_path):
     from decodekit import cli_ranks
 
-    if argv[0] == "bench":  # a question file of its own, so the rank check is reached where Spec-Bench is absent
-        questions = tmp_path / "questions.jsonl"
-        questions.write_text(json.dumps({"question_id": 1, "category": "qa", "turns": ["Name a prime."]}) + "\n")
-        argv = [*argv, "--questions", str(questions)]
+    if argv[0] == "bench":  # a question file that exists, so the rank check is reached where Spec-Bench is absent
+        argv = [*argv, "--questions", str(questions_file(tmp_path))]
 
     def must_not_launch(*args, **kwargs):
         raise AssertionError("ranks were started")

@@ -38,6 +38,12 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr("decodekit.core.backend.load_pretrained", must_not_load)
 
 
+@pytest.fixture
+def questions(monkeypatch, tmp_path):
+    """DECODEKIT_SPEC_BENCH names a question file (Spec-Bench's, else the project's own prompts); children inherit it."""
+    monkeypatch.setenv(ENV_QUESTIONS, str(questions_file(tmp_path)))
+
+
 @pytest.mark.parametrize("argv, says", [
     (["generate", LONG_PROMPT, "--max-new-tokens", "64"],
      r"the prompt: its \d{5} tokens \+ --max-new-tokens 64 = \d{5} exceeds the model's max_position_embeddings \(8192\)"),
@@ -48,8 +54,7 @@ def no_model_load(monkeypatch):
     (["verify", "--strategy", "greedy", "--max-new-tokens", "8190", "--limit", "1"],
      r"prompt q\w+ \(\w+\): its \d+ tokens \+ --max-new-tokens 8190 = \d+ exceeds the model's max_position_embeddings"),
 ])
-def test_lengths_are_refused_before_the_model_loads(argv, says, no_model_load, capsys, monkeypatch, tmp_path):
-    monkeypatch.setenv(ENV_QUESTIONS, str(questions_file(tmp_path)))
+def test_lengths_are_refused_before_the_model_loads(argv, says, no_model_load, questions, capsys):
     began = time.perf_counter()
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -119,8 +124,7 @@ def test_ctrl_c_in_generate(moment, tmp_path):
         assert "tokens/s" not in err  # no statistics of a cut-short run
 
 
-def test_ctrl_c_in_bench_keeps_the_finished_prompts(tmp_path, monkeypatch):
-    monkeypatch.setenv(ENV_QUESTIONS, str(questions_file(tmp_path)))  # the child inherits it
+def test_ctrl_c_in_bench_keeps_the_finished_prompts(tmp_path, questions):
     out_dir = tmp_path / "out"
     run = Running(["bench", "--per-category", "1", "--categories", "writing", "roleplay", "coding",
                    "--max-new-tokens", "48", "--strategies", "greedy", "--no-warmup", "--out", str(out_dir)],
@@ -136,8 +140,7 @@ def test_ctrl_c_in_bench_keeps_the_finished_prompts(tmp_path, monkeypatch):
         "results.json", "results.md", "speedup_by_category.png", "tokens_per_step_vs_compute.png"]
 
 
-def test_ctrl_c_in_verify_writes_no_golden_file(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(ENV_QUESTIONS, str(questions_file(tmp_path)))
+def test_ctrl_c_in_verify_writes_no_golden_file(tmp_path, questions, monkeypatch, capsys):
     real_generate = decodekit.generate
     calls = []
 
