@@ -16,7 +16,8 @@ committed over what they were expected to, at most 1). A node is accepted only i
 probabilities never grow along a path and the k most probable nodes form a prefix-closed subtree: a
 tree the strategy can put through as it is. k = 0 with no extra is plain greedy's one-token step; it
 wins whenever no draft pays for its cost, except on a probe (one token of a source this decode has no
-evidence for, at most once every `StepPlanner.probe_interval` steps).
+evidence for, at most once every `StepPlanner.probe_interval` steps, and only where its prior is within
+reach of paying on this machine's curve: `StepPlanner.probe_reach`).
 
 In a batch every row's step is padded to the longest row's and packed into one forward of
 rows x T tokens, so one row's long draft costs every row. Each row still plans for itself, at the
@@ -304,6 +305,11 @@ class StepPlanner:
     # curve, and so never see that the text has turned to copying. Its cost is bounded: one extra token
     # in `probe_interval` steps. 0: never probe.
     probe_interval: int = attrs.field(default=32, validator=attrs.validators.ge(0))
+    # Only a node within reach is probed: its estimate must be at least `probe_reach` times the acceptance
+    # at which one draft token breaks even on this machine, seconds(2) / seconds(1) - 1. On a flat curve
+    # every untried source qualifies; on a steep one a weak source (a one-token match, a pool n-gram)
+    # would need far more than one lucky acceptance to ever pay, so its probes would only cost.
+    probe_reach: float = attrs.field(default=0.5, validator=_number(0.0, None))
     # steps since the last probe; it starts at the interval, so the first step may probe
     since_probe: int = attrs.field(init=False, default=attrs.Factory(lambda self: self.probe_interval, takes_self=True))
     # The step calibration: draft tokens committed and expected on the steps that put drafts through
@@ -333,7 +339,7 @@ class StepPlanner:
         budget = step_budget(best_values(options)) if step_budget is not None else None
         k, extra = self._fastest(options, cached, budget)
         self.since_probe += 1
-        if k == 0 and extra is None and self._probe(drafts, nodes, order, budget):
+        if k == 0 and extra is None and self._probe(drafts, nodes, order, cached, budget):
             k = 1
         chosen = set(order[:k])
         cut = []
@@ -366,13 +372,17 @@ class StepPlanner:
                 best_rate, best = rate, (nodes, extra)
         return best
 
-    def _probe(self, drafts: Sequence[Draft], nodes: "_Nodes", order: Sequence[int], budget: int | None) -> bool:
+    def _probe(self, drafts: Sequence[Draft], nodes: "_Nodes", order: Sequence[int], cached: int,
+               budget: int | None) -> bool:
         """Whether this step probes its likeliest node (a first token: the top of `order` always is one)."""
         if not (self.probe_interval and order and self.since_probe >= self.probe_interval):
             return False
         if budget is not None and budget < 2:
             return False
         top = order[0]
+        break_even = self.cost.seconds(2, cached) / self.cost.seconds(1, cached) - 1.0
+        if nodes.probs[top] < self.probe_reach * break_even:
+            return False
         untried = any(path and path[0] == top and self.acceptance.tried(draft.source, 1) < 0.5
                       for draft, path in zip(drafts, nodes.paths))
         if untried:

@@ -87,25 +87,51 @@ def test_a_source_that_copies_deep_keeps_its_long_drafts():
 
 
 def test_a_source_without_evidence_is_probed_one_token_at_most_once_per_interval():
+    # on STEEP a draft token breaks even at acceptance 1.0; a 6-token match's prior (0.55) never pays by
+    # rate but is within reach (at least half the break-even), so it is probed
     planner = StepPlanner(cost=STEEP, probe_interval=4)
-    lookup = [Draft(tokens=(5, 6, 7), source="lookup:2")]
-    first = planner.plan(lookup, cached=100)  # no evidence yet: its first token goes through, though it does not pay
-    assert first.nodes == 1 and first.drafts == (Draft(tokens=(5,), source="lookup:2"),)
+    match = [Draft(tokens=(5, 6, 7), source="context:6")]
+    first = planner.plan(match, cached=100)  # no evidence yet: its first token goes through, though it does not pay
+    assert first.nodes == 1 and first.drafts == (Draft(tokens=(5,), source="context:6"),)
     planner.record(first.drafts, committed=[9])  # rejected: the source now has evidence
-    assert [planner.plan(lookup, cached=100).nodes for _ in range(30)] == [0] * 30  # by rate, and no probe
-    assert planner.acceptance.tried("lookup:2", 1) > 0.5
+    assert [planner.plan(match, cached=100).nodes for _ in range(30)] == [0] * 30  # by rate, and no probe
+    assert planner.acceptance.tried("context:6", 1) > 0.5
     planner.record([], committed=[9])
-    for _ in range(30):  # the evidence fades below half a try
+    for _ in range(30):  # the evidence fades below half a try, but the estimate is still out of reach
         planner.record([], committed=[9])
-    assert planner.acceptance.tried("lookup:2", 1) < 0.5
-    assert planner.plan(lookup, cached=100).nodes == 1  # probed again
-    assert planner.plan([Draft(tokens=(1,), source="other")], cached=100).nodes == 0  # within the interval
+    assert planner.acceptance.tried("context:6", 1) < 0.5
+    assert planner.acceptance.probability("context:6", 1) < 0.5
+    assert planner.plan(match, cached=100).nodes == 0
+    for _ in range(30):  # faded further, the estimate returns within reach
+        planner.record([], committed=[9])
+    assert planner.acceptance.probability("context:6", 1) >= 0.5
+    assert planner.plan(match, cached=100).nodes == 1  # probed again
+    assert planner.plan([Draft(tokens=(1,), source="context:7")], cached=100).nodes == 0  # within the interval
     # in a batch whose step size is one token, nothing is probed
     batch = _batch(2, STEEP)
     batch.budget = 1
-    assert StepPlanner(cost=batch, probe_interval=4).plan(lookup, cached=100).nodes == 0
+    assert StepPlanner(cost=batch, probe_interval=4).plan(match, cached=100).nodes == 0
     with pytest.raises(ValueError, match="'probe_interval' must be >= 0: -1"):
         StepPlanner(cost=STEEP, probe_interval=-1)
+
+
+def test_only_a_source_within_reach_of_paying_is_probed():
+    # the acceptance at which one draft token breaks even: 1.0 on STEEP, 0.45 on STEEP_CPU
+    weak, modest = [Draft(tokens=(5, 6), source="context:1")], [Draft(tokens=(5, 6), source="lookup:2")]
+    assert AcceptanceModel().probability("context:1", 1) == pytest.approx(0.15)
+    assert AcceptanceModel().probability("lookup:2", 1) == pytest.approx(0.25)
+    # a 2-token match (0.25) is under half of 1.0 on STEEP but within half of 0.45 on STEEP_CPU; a
+    # one-token match (0.15) is within reach of neither; neither pays by rate on either curve
+    assert StepPlanner(cost=STEEP, probe_interval=4).plan(modest, cached=100).nodes == 0
+    assert StepPlanner(cost=STEEP_CPU, probe_interval=4).plan(modest, cached=100).nodes == 1
+    assert StepPlanner(cost=STEEP_CPU, probe_interval=4).plan(weak, cached=100).nodes == 0
+    # probe_reach scales the bar: 0 probes whatever is untried, as before the bar existed
+    assert StepPlanner(cost=STEEP, probe_interval=4, probe_reach=0.0).plan(weak, cached=100).nodes == 1
+    assert StepPlanner(cost=STEEP_CPU, probe_interval=4, probe_reach=0.25).plan(weak, cached=100).nodes == 1
+    # on a flat curve everything pays by rate and nothing needs a probe
+    assert StepPlanner(cost=FLAT, probe_interval=4).plan(weak, cached=100).nodes == 2
+    with pytest.raises(ValueError, match="probe_reach"):
+        StepPlanner(cost=STEEP, probe_reach=-0.5)
 
 
 def test_drafted_steps_that_commit_less_than_expected_scale_every_drafts_gain_down():
