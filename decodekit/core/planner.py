@@ -16,8 +16,8 @@ committed over what they were expected to, at most 1). A node is accepted only i
 probabilities never grow along a path and the k most probable nodes form a prefix-closed subtree: a
 tree the strategy can put through as it is. k = 0 with no extra is plain greedy's one-token step; it
 wins whenever no draft pays for its cost, except on a probe (one token of a source this decode has no
-evidence for, at most once every `StepPlanner.probe_interval` steps, and only where its prior is within
-reach of paying on this machine's curve: `StepPlanner.probe_reach`).
+evidence for, at most once every `StepPlanner.probe_interval` steps, and only where its estimate is
+within reach of paying on this machine's curve: `StepPlanner.probe_reach`).
 
 In a batch every row's step is padded to the longest row's and packed into one forward of
 rows x T tokens, so one row's long draft costs every row. Each row still plans for itself, at the
