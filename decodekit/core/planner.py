@@ -380,14 +380,14 @@ class StepPlanner:
         if budget is not None and budget < 2:
             return False
         top = order[0]
-        break_even = self.cost.seconds(2, cached) / self.cost.seconds(1, cached) - 1.0
+        if not any(path and path[0] == top and self.acceptance.tried(draft.source, 1) < 0.5
+                   for draft, path in zip(drafts, nodes.paths)):
+            return False
+        break_even = self.cost.seconds(2, cached) / self.cost.seconds(1, cached) - 1.0  # two predictions: last
         if nodes.probs[top] < self.probe_reach * break_even:
             return False
-        untried = any(path and path[0] == top and self.acceptance.tried(draft.source, 1) < 0.5
-                      for draft, path in zip(drafts, nodes.paths))
-        if untried:
-            self.since_probe = 0
-        return untried
+        self.since_probe = 0
+        return True
 
     def calibration(self) -> float:
         """The factor on every draft's expected tokens: committed over expected on drafted steps, under the prior."""
