@@ -383,7 +383,8 @@ class StepPlanner:
         if not any(path and path[0] == top and self.acceptance.tried(draft.source, 1) < 0.5
                    for draft, path in zip(drafts, nodes.paths)):
             return False
-        break_even = self.cost.seconds(2, cached) / self.cost.seconds(1, cached) - 1.0  # two predictions: last
+        # the break-even comes last: it costs two cost predictions
+        break_even = self.cost.seconds(2, cached) / self.cost.seconds(1, cached) - 1.0
         if nodes.probs[top] < self.probe_reach * break_even:
             return False
         self.since_probe = 0
