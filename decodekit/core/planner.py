@@ -33,7 +33,7 @@ stays exact whatever the planner chooses (the property tests drive it with synth
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import attrs
 
@@ -337,9 +337,10 @@ class StepPlanner:
         options = _options(gains, extras)
         step_budget = getattr(self.cost, "step_budget", None)
         budget = step_budget(best_values(options)) if step_budget is not None else None
-        k, extra = self._fastest(options, cached, budget)
+        seconds = self._predictions(cached)
+        k, extra = self._fastest(options, seconds, budget)
         self.since_probe += 1
-        if k == 0 and extra is None and self._probe(drafts, nodes, order, cached, budget):
+        if k == 0 and extra is None and self._probe(drafts, nodes, order, seconds, budget):
             k = 1
         chosen = set(order[:k])
         cut = []
@@ -353,27 +354,40 @@ class StepPlanner:
         self.last_gain = gains[k] / scale
         return PlannedStep(drafts=tuple(cut), extra=extra, nodes=k,
                            expected=1.0 + gains[k] + (extra.value if extra else 0.0),
-                           seconds=self.cost.seconds(size, cached))
+                           seconds=seconds(size))
 
-    def _fastest(self, options: Sequence["_Option"], cached: int, budget: int | None) -> tuple[int, Extra | None]:
+    def _predictions(self, cached: int) -> Callable[[int], float]:
+        """One plan's forward-cost predictions at `cached`, each size predicted once.
+
+        Options share sizes, the probe's break-even and the chosen step ask again, and a prediction is
+        not free; a cost that changes between calls is read once per size, so one plan sees one curve.
+        """
+        memo: dict[int, float] = {}  # tokens -> predicted seconds
+
+        def seconds(tokens: int) -> float:
+            if tokens not in memo:
+                memo[tokens] = self.cost.seconds(tokens, cached)
+            return memo[tokens]
+
+        return seconds
+
+    def _fastest(self, options: Sequence["_Option"], seconds: Callable[[int], float],
+                 budget: int | None) -> tuple[int, Extra | None]:
         """The option of highest rate (expected tokens per second) within `budget` tokens; ties keep the smaller step.
 
         The first option is the one-token step, which always fits.
         """
         best_rate, best = 0.0, options[0][2:]
-        seconds: dict[int, float] = {}  # tokens -> predicted seconds: options share sizes, and a prediction is not free
         for tokens, value, nodes, extra in options:
             if budget is not None and tokens > budget:
                 continue
-            if tokens not in seconds:
-                seconds[tokens] = self.cost.seconds(tokens, cached)
-            rate = value / seconds[tokens]
+            rate = value / seconds(tokens)
             if rate > best_rate * (1 + 1e-9):  # a strict gain: ties keep the smaller step
                 best_rate, best = rate, (nodes, extra)
         return best
 
-    def _probe(self, drafts: Sequence[Draft], nodes: "_Nodes", order: Sequence[int], cached: int,
-               budget: int | None) -> bool:
+    def _probe(self, drafts: Sequence[Draft], nodes: "_Nodes", order: Sequence[int],
+               seconds: Callable[[int], float], budget: int | None) -> bool:
         """Whether this step probes its likeliest node (a first token: the top of `order` always is one)."""
         if not (self.probe_interval and order and self.since_probe >= self.probe_interval):
             return False
@@ -383,8 +397,8 @@ class StepPlanner:
         if not any(path and path[0] == top and self.acceptance.tried(draft.source, 1) < 0.5
                    for draft, path in zip(drafts, nodes.paths)):
             return False
-        # the break-even comes last: it costs two cost predictions
-        break_even = self.cost.seconds(2, cached) / self.cost.seconds(1, cached) - 1.0
+        # the break-even comes last: size 2 may not have been predicted yet
+        break_even = seconds(2) / seconds(1) - 1.0
         if nodes.probs[top] < self.probe_reach * break_even:
             return False
         self.since_probe = 0
