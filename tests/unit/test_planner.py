@@ -135,27 +135,27 @@ def test_only_a_source_within_reach_of_paying_is_probed():
 
 
 class CountingCost:
-    """A linear cost that records every prediction asked of it."""
+    """A cost curve that records every prediction asked of it."""
 
-    def __init__(self, per_token: float) -> None:
-        self.per_token, self.asked = per_token, []
+    def __init__(self, curve: CostModel) -> None:
+        self.curve, self.asked = curve, []
 
     def seconds(self, tokens: int, cached: int) -> float:
         self.asked.append((tokens, cached))
-        return 0.01 + self.per_token * (tokens - 1)
+        return self.curve.seconds(tokens, cached)
 
 
-@pytest.mark.parametrize("per_token", [0.0, 0.001, 0.01])
-def test_one_plan_predicts_each_step_size_once(per_token):
+@pytest.mark.parametrize("curve", [FLAT, GENTLE, STEEP], ids=["flat", "gentle", "steep"])
+def test_one_plan_predicts_each_step_size_once(curve):
     # options share sizes, the probe asks for sizes 1 and 2, and the chosen step for its own size
-    cost = CountingCost(per_token)
+    cost = CountingCost(curve)
     planner = StepPlanner(cost=cost, probe_interval=1, probe_reach=0.0)
     for _ in range(3):
         cost.asked.clear()
         step = planner.plan(DRAFTS, cached=100, extras=[Extra(tokens=4, value=0.5)])
         assert len(cost.asked) == len(set(cost.asked)) and {c for _, c in cost.asked} == {100}
         assert (step.tokens, 100) in cost.asked
-        assert step.seconds == pytest.approx(0.01 + per_token * (step.tokens - 1))
+        assert step.seconds == curve.seconds(step.tokens, 100)
         planner.record(step.drafts, committed=[9])
 
 
